@@ -1,0 +1,46 @@
+# Two commands do all set-up on a fresh machine (both idempotent):
+#   make demo   installs everything, then separates the bundled example song
+#   make test   installs everything, then runs the test suite
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.stemcli-installed
+TORCH := torch==2.13.0
+APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
+	openmpi-bin libopenmpi-dev ffmpeg espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXAMPLE := examples/example.ogg
+
+.PHONY: setup system demo test bench clean
+
+setup: system $(STAMP)
+
+# System packages: fluidsynth + SoundFonts (training data), OpenMPI (mpi4py), ffmpeg (museval), espeak-ng.
+system:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# torch is pinned to the CPU wheel before anything else can pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/stemcli list
+	$(VENV)/bin/stemcli separate $(EXAMPLE) -o separated --force
+	@echo "stems written to separated/$$(basename $(EXAMPLE) .ogg)/"
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/memory.py
+
+clean:
+	rm -rf $(VENV) separated build *.egg-info

@@ -1,0 +1,3 @@
+from stemcli_hpss.separator import HPSSSeparator
+
+__all__ = ["HPSSSeparator"]

@@ -1,0 +1,175 @@
+"""Chunk planning and overlap-add.
+
+Two pure pieces, kept apart so the MPI fan-out can reuse them:
+
+* :func:`plan_chunks` decides where chunks go (a list of :class:`Chunk`), nothing else.
+* :class:`OverlapAdd` accumulates weighted chunk outputs and their weights over a range of
+  samples and hands out finished samples as soon as no later chunk can touch them, so memory
+  stays bounded by a couple of segments whatever the song length.
+
+The result at each sample is ``sum_k w_k * y_k / sum_k w_k`` with triangular weights that never
+reach zero, so any overlap in ``[0, 1)`` works and the sums split cleanly across processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of the plan.
+
+    Attributes:
+        index: position in the plan.
+        start, stop: the samples this chunk's output covers (``stop - start <= segment``).
+        in_start, in_stop: the samples fed to the separator: ``[start - context, stop + context)``.
+            Parts outside ``[0, total)`` are zero padding (only ever at the track edges).
+    """
+
+    index: int
+    start: int
+    stop: int
+    in_start: int
+    in_stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+def plan_chunks(total: int, segment: int, overlap: float = 0.25, context: int = 0) -> list[Chunk]:
+    """Plan chunks of ``segment`` samples covering ``[0, total)``.
+
+    Chunks are all exactly ``segment`` long (no tiny tail chunk): their offsets are spread
+    evenly between 0 and ``total - segment`` with a stride of at most
+    ``segment * (1 - overlap)``.  A track shorter than one segment is one chunk.
+
+    Args:
+        total: number of samples in the track (>= 1).
+        segment: chunk length in samples (>= 1).
+        overlap: fraction of a segment shared by neighbouring chunks, in ``[0, 1)``.
+        context: extra samples of real neighbouring audio fed on each side (>= 0).
+
+    Raises:
+        ValueError: on any out-of-range argument.
+    """
+    if total < 1:
+        raise ValueError(f"cannot plan chunks for {total} samples: the audio is empty")
+    if segment < 1:
+        raise ValueError(f"segment must be at least 1 sample, got {segment}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0 samples, got {context}")
+    if total <= segment:
+        return [Chunk(0, 0, total, -context, total + context)]
+    stride = max(1, int(segment * (1.0 - overlap)))
+    n = math.ceil((total - segment) / stride) + 1
+    offsets = np.round(np.linspace(0, total - segment, n)).astype(np.int64)
+    return [
+        Chunk(i, int(o), int(o) + segment, int(o) - context, int(o) + segment + context)
+        for i, o in enumerate(offsets)
+    ]
+
+
+def chunk_weight(length: int, power: float = 1.0) -> np.ndarray:
+    """Triangular weight of ``length`` samples that never reaches zero (peak 1).
+
+    Returns:
+        [shape=(length,)] float64.
+    """
+    half = length // 2
+    w = np.concatenate([np.arange(1, half + 1), np.arange(length - half, 0, -1)]).astype(np.float64)
+    w /= w.max()
+    return w**power
+
+
+class OverlapAdd:
+    """Weighted overlap-add over the samples ``[lo, hi)``, emitted in order.
+
+    Add chunk outputs in increasing ``start`` order; call :meth:`pop` with the start of the
+    next chunk to receive every sample that is now final.  For a distributed run use
+    :meth:`raw` to get the unnormalised sums of a range and reduce them across ranks.
+
+    Args:
+        sources: number of stems.
+        channels: channels per stem.
+        lo, hi: the sample range this accumulator is responsible for.
+    """
+
+    def __init__(self, sources: int, channels: int, lo: int, hi: int, power: float = 1.0):
+        if hi <= lo:
+            raise ValueError(f"empty range [{lo}, {hi})")
+        self.sources, self.channels = sources, channels
+        self.lo, self.hi, self.power = lo, hi, power
+        self.base = lo  # first sample not yet emitted
+        self._out = np.zeros((sources, channels, 0), np.float64)
+        self._w = np.zeros(0, np.float64)
+        self._weights: dict[int, np.ndarray] = {}
+
+    def _grow(self, upto: int) -> None:
+        need = upto - self.base
+        have = self._w.shape[0]
+        if need > have:
+            self._out = np.concatenate(
+                [self._out, np.zeros((self.sources, self.channels, need - have), np.float64)], axis=-1
+            )
+            self._w = np.concatenate([self._w, np.zeros(need - have, np.float64)])
+
+    def add(self, chunk: Chunk, out: np.ndarray) -> None:
+        """Accumulate one chunk's output.
+
+        Args:
+            chunk: the planned chunk.
+            out: [shape=(sources, channels, chunk.length)] the separator output for
+                ``[chunk.start, chunk.stop)`` (context already trimmed).
+        """
+        if out.shape != (self.sources, self.channels, chunk.length):
+            raise ValueError(
+                f"chunk {chunk.index}: expected output shape "
+                f"{(self.sources, self.channels, chunk.length)}, got {tuple(out.shape)}"
+            )
+        if chunk.start < self.base:
+            raise ValueError(f"chunk {chunk.index} starts at {chunk.start}, before emitted sample {self.base}")
+        w = self._weights.get(chunk.length)
+        if w is None:
+            w = self._weights[chunk.length] = chunk_weight(chunk.length, self.power)
+        a, b = max(chunk.start, self.lo), min(chunk.stop, self.hi)
+        if b <= a:
+            return
+        self._grow(b)
+        sl = slice(a - self.base, b - self.base)
+        wa = w[a - chunk.start : b - chunk.start]
+        self._out[..., sl] += out[..., a - chunk.start : b - chunk.start] * wa
+        self._w[sl] += wa
+
+    def raw(self, upto: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pop the unnormalised sums ``(out, weight)`` of ``[base, upto)``.
+
+        Returns:
+            out [shape=(sources, channels, n)] float64 and weight [shape=(n,)] float64.
+        """
+        upto = min(upto, self.hi)
+        n = upto - self.base
+        if n <= 0:
+            return np.zeros((self.sources, self.channels, 0)), np.zeros(0)
+        self._grow(upto)
+        out, w = self._out[..., :n], self._w[:n]
+        self._out, self._w = self._out[..., n:], self._w[n:]
+        self.base = upto
+        return out, w
+
+    def pop(self, upto: int) -> np.ndarray:
+        """Emit the normalised samples ``[base, upto)``.
+
+        Returns:
+            [shape=(sources, channels, n)] float32.
+        """
+        out, w = self.raw(upto)
+        if out.shape[-1] and np.any(w <= 0):
+            raise ValueError("overlap-add: some samples were covered by no chunk")
+        return (out / np.maximum(w, 1e-300)).astype(np.float32)

@@ -1,0 +1,82 @@
+"""Chunk planning and overlap-add: an identity separator must come back unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import GainSeparator, IdentitySeparator
+from stemcli.chunking import OverlapAdd, chunk_weight, plan_chunks
+from stemcli.pipeline import separate_array
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_identity_reproduces_input_random_plans(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40000))
+    sep = IdentitySeparator(segment=float(rng.uniform(0.005, 0.5)), context=float(rng.uniform(0, 0.05)))
+    overlap = float(rng.uniform(0, 0.95))
+    x = rng.standard_normal((2, n)).astype(np.float32)
+    out = separate_array(sep, x, overlap=overlap)
+    assert out.shape == (2, 2, n)
+    np.testing.assert_allclose(out[0], x, atol=1e-6)
+    assert not out[1].any()
+
+
+def test_mask_based_stems_sum_to_mixture() -> None:
+    x = np.random.default_rng(1).standard_normal((2, 30001)).astype(np.float32)
+    out = separate_array(GainSeparator(), x, overlap=0.4)
+    np.testing.assert_allclose(out.sum(axis=0), x, atol=1e-6)
+
+
+@pytest.mark.parametrize("total,segment,overlap", [(10, 100, 0.25), (1000, 100, 0.0), (1001, 100, 0.5), (12345, 1000, 0.9), (1, 1, 0.0)])
+def test_plan_covers_everything_without_tiny_tail(total: int, segment: int, overlap: float) -> None:
+    plan = plan_chunks(total, segment, overlap, context=7)
+    covered = np.zeros(total, bool)
+    for c in plan:
+        covered[c.start : c.stop] = True
+        assert c.in_start == c.start - 7 and c.in_stop == c.stop + 7
+        assert c.length == min(segment, total)  # every chunk is a full segment
+    assert covered.all()
+    assert plan[0].start == 0 and plan[-1].stop == total
+    starts = [c.start for c in plan]
+    assert starts == sorted(starts)
+    if len(plan) > 1:
+        assert max(np.diff(starts)) <= max(1, int(segment * (1 - overlap)))
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [((0, 10, 0.1), "empty"), ((10, 0, 0.1), "segment"), ((10, 5, 1.5), "overlap"), ((10, 5, -0.1), "overlap"), ((10, 5, 0.1, -1), "context")],
+)
+def test_plan_rejects_bad_arguments(args: tuple, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        plan_chunks(*args)
+
+
+def test_weights_never_reach_zero() -> None:
+    for n in (1, 2, 3, 10, 1001):
+        w = chunk_weight(n)
+        assert w.shape == (n,) and w.min() > 0 and w.max() == 1.0
+
+
+def test_overlap_add_streams_in_bounded_memory() -> None:
+    """Popping as chunks arrive keeps the buffer within about one segment."""
+    seg, total = 1000, 200_000
+    plan = plan_chunks(total, seg, 0.5)
+    ola = OverlapAdd(1, 1, 0, total)
+    x = np.arange(total, dtype=np.float64)
+    got, biggest = [], 0
+    for i, c in enumerate(plan):
+        ola.add(c, x[None, None, c.start : c.stop])
+        biggest = max(biggest, ola._w.shape[0])
+        got.append(ola.pop(plan[i + 1].start if i + 1 < len(plan) else total))
+    np.testing.assert_allclose(np.concatenate(got, axis=-1)[0, 0], x, rtol=1e-6)
+    assert biggest <= seg
+
+
+def test_overlap_add_rejects_wrong_shape() -> None:
+    plan = plan_chunks(100, 50, 0.0)
+    ola = OverlapAdd(2, 2, 0, 100)
+    with pytest.raises(ValueError, match="expected output shape"):
+        ola.add(plan[0], np.zeros((2, 2, 49)))
