@@ -121,6 +121,107 @@ def list_cmd(as_json: bool) -> None:
         )
 
 
+@cli.command()
+@click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(["pop", "ensemble", "speech"]), default="pop", show_default=True,
+              help="pop: vocals/drums/bass/other; ensemble: one stem per instrument; speech: two speakers.")
+@click.option("--tracks", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Length of each track.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--soundfont", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Use only this SoundFont (default: rotate over the installed Debian ones).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("-q", "--quiet", is_flag=True)
+def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, quiet) -> None:
+    """Render a multi-stem training set (MUSDB layout) from generated MIDI with fluidsynth.
+
+    Writes OUTDIR/{train,valid,test}/<track>/{mixture.wav,<stem>.wav} and OUTDIR/dataset.json;
+    the mixture is the exact sum of the stems; the same seed gives the same files.
+    """
+    from stemcli.data.synth import render_dataset
+
+    command = "stemcli synth " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["synth"] else None
+    try:
+        card = render_dataset(outdir, kind=kind, tracks=tracks, seconds=seconds, seed=seed, soundfont=soundfont,
+                              jobs=jobs, progress=not quiet, command=command)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _fail(exc) from None
+    if not quiet:
+        counts = card.get("counts", {})
+        click.echo(f"wrote {sum(counts.values()) if counts else tracks} tracks to {outdir} ({counts})", err=True)
+
+
+@cli.command()
+@click.argument("plugin")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="MUSDB-layout folder.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, config, log).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--minutes", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Stop after this wall-clock time.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Excerpt length.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
+def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, resume) -> None:
+    """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
+    from stemcli.train.loop import train as train_run
+
+    if steps is None and minutes is None:
+        raise click.ClickException("give --steps or --minutes (or both: whichever comes first)")
+    try:
+        train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
+                  threads=threads, seed=seed, log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _fail(exc) from None
+
+
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="models/NAME.onnx")
+@click.option("--check-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Real audio for the onnxruntime-vs-torch parity check.")
+@click.option("--force", is_flag=True, help="Overwrite an existing model.")
+def export_cmd(run_dir, output, check_audio, force) -> None:
+    """Export a training run to ONNX, verify it against torch, and write its model card."""
+    from stemcli.export import export_run
+
+    if output.exists() and not force:
+        raise click.ClickException(f"{output}: exists (use --force to replace it)")
+    try:
+        card = export_run(run_dir, output, check_audio=check_audio)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"wrote {output} and {output.with_suffix('.json')} (sha256 {str(card.get('sha256', ''))[:12]}...)", err=True)
+
+
+@cli.command()
+@click.option("-m", "--model", default=None, help="Separator or model card to evaluate (default: the default model).")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="MUSDB-layout folder (or one split).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--estimates", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Score an existing folder of estimates (<track>/<stem>.wav) instead of running a model.")
+@click.option("--oracle", is_flag=True, help="Score the ideal-ratio-mask oracle (the upper bound of a mask model).")
+@click.option("--tracks", type=int, default=None, help="Only the first N tracks.")
+@click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("-q", "--quiet", is_flag=True)
+def evaluate(model, data, split, estimates, oracle, tracks, backend, json_out, plot_out, quiet) -> None:
+    """BSS Eval v4 (museval): SDR/SIR/SAR/ISR per stem, median over frames then tracks."""
+    from stemcli.evaluate import evaluate as run_eval
+    from stemcli.plugins import SeparatorError
+
+    try:
+        run_eval(model, data, split=split, estimates=estimates, json_out=json_out, plot_out=plot_out, backend=backend,
+                 progress=not quiet, tracks=tracks, oracle=oracle, echo=click.echo)
+    except (SeparatorError, ValueError, OSError) as exc:
+        raise _fail(exc) from None
+
+from stemcli.commands.remix import remix  # noqa: E402  (click + stdlib only at import)
+
+cli.add_command(remix)
+
+
 def main() -> None:
     cli(prog_name="stemcli")
 

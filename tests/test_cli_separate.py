@@ -240,3 +240,18 @@ def test_help_does_not_import_torch() -> None:
 def test_python_dash_m_entry() -> None:
     r = subprocess.run([sys.executable, "-m", "stemcli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "stemcli" in r.stdout
+
+
+def test_parallel_jobs_give_the_same_stems(tmp_path: Path) -> None:
+    src = tmp_path / "lib"
+    for i in range(3):
+        write(src / f"t{i}.wav", tone(0.6, seed=i), subtype="FLOAT")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run("separate", str(src), "-m", "hpss", "-o", str(one), "--bit-depth", "32", "-q").exit_code == 0
+    r = run("separate", str(src), "-m", "hpss", "-o", str(two), "--bit-depth", "32", "-q", "-j", "2")
+    assert r.exit_code == 0, r.output
+    for f in sorted(one.rglob("*.wav")):
+        a, _ = sf.read(f)
+        b, _ = sf.read(two / f.relative_to(one))
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert len(list(two.rglob("*.wav"))) == 6
