@@ -12,7 +12,7 @@ APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-gener
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXAMPLE := examples/example.ogg
 
-.PHONY: setup system demo test bench clean
+.PHONY: setup system demo test bench bench-deps clean
 
 setup: system $(STAMP)
 
@@ -39,8 +39,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-bench: setup
+# Reference systems for benchmarks/speed.py (random weights; they import torchaudio only for
+# file I/O, which the benchmark stubs in its own process). --no-deps keeps torch at 2.13.0.
+bench-deps: setup
+	$(PIP) install -q --no-deps openunmix==1.3.0 demucs==4.1.0 einops==0.8.2 julius==0.2.8
+
+bench: bench-deps
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/speed.py --json benchmarks/results/speed.json
 
 clean:
 	rm -rf $(VENV) separated build *.egg-info

@@ -60,6 +60,12 @@ def validate_template(template: str) -> None:
         raise ValueError(f"--template '{template}': must not contain '..' (outputs stay inside the output folder)")
 
 
+def track_name(path: Path) -> str:
+    """The track name of an input: its file name without extension, or, for a MUSDB-layout
+    ``<track>/mixture.wav``, the folder's name (so a whole split can be separated at once)."""
+    return path.parent.name if path.stem == "mixture" and path.parent.name else path.stem
+
+
 def _safe_component(text: str) -> str:
     return text.replace("/", "_").replace("\\", "_").replace("\0", "_")
 
@@ -85,7 +91,7 @@ def plan_jobs(
     claimed: dict[Path, Path] = {}
     plan: list[Job | Outcome] = []
     for path in inputs:
-        track = path.stem
+        track = track_name(path)
         try:
             outs = {s: output_path(outdir, template, track, s, ext, model) for s in sources}
         except ValueError as exc:

@@ -255,3 +255,12 @@ def test_parallel_jobs_give_the_same_stems(tmp_path: Path) -> None:
         b, _ = sf.read(two / f.relative_to(one))
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert len(list(two.rglob("*.wav"))) == 6
+
+
+def test_musdb_mixtures_are_named_by_their_folder(tmp_path: Path) -> None:
+    for name in ("Artist - One", "Artist - Two"):
+        write(tmp_path / "test" / name / "mixture.wav", tone(0.5))
+    out = tmp_path / "est"
+    r = run("separate", str(tmp_path / "test"), "-m", "hpss", "-o", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["Artist - One", "Artist - Two"]
