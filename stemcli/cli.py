@@ -126,13 +126,14 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--kind", type=click.Choice(["pop", "ensemble", "speech"]), default="pop", show_default=True,
               help="pop: vocals/drums/bass/other; ensemble: one stem per instrument; speech: two speakers.")
 @click.option("--tracks", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=1.0), default=30.0, show_default=True, help="Length of each track.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True, help="Length of each track.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Use only this SoundFont (default: rotate over the installed Debian ones).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a dataset previously rendered into OUTDIR.")
 @click.option("-q", "--quiet", is_flag=True)
-def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, quiet) -> None:
+def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet) -> None:
     """Render a multi-stem training set (MUSDB layout) from generated MIDI with fluidsynth.
 
     Writes OUTDIR/{train,valid,test}/<track>/{mixture.wav,<stem>.wav} and OUTDIR/dataset.json;
@@ -143,7 +144,7 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, quiet) -> None:
     command = "stemcli synth " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["synth"] else None
     try:
         card = render_dataset(outdir, kind=kind, tracks=tracks, seconds=seconds, seed=seed, soundfont=soundfont,
-                              jobs=jobs, progress=not quiet, command=command)
+                              jobs=jobs, progress=not quiet, command=command, overwrite=overwrite)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     if not quiet:
