@@ -138,6 +138,25 @@ class BatchOptions:
     progress: bool = True
 
 
+def validate_options(opts: BatchOptions) -> None:
+    """Whole-batch checks, done before any file is touched.
+
+    Raises:
+        ValueError: bad template, overlap, segment, jobs or format/bit-depth pair.
+    """
+    from stemcli.audio import SUBTYPES
+
+    validate_template(opts.template)
+    if not 0.0 <= opts.overlap < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1), got {opts.overlap}")
+    if opts.segment is not None and not opts.segment > 0:
+        raise ValueError(f"--segment must be positive seconds, got {opts.segment}")
+    if opts.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {opts.jobs}")
+    if (opts.fmt, opts.bit_depth) not in SUBTYPES:
+        raise ValueError(f"--format {opts.fmt} does not support --bit-depth {opts.bit_depth}")
+
+
 def _run_job(job: Job, sep: Any, opts: BatchOptions, bars: "Bars | None") -> Outcome:
     from stemcli.api import separate_file
     from stemcli.plugins import SeparatorError
@@ -231,17 +250,7 @@ def run_batch(
     """
     from stemcli.api import check_stems, get_separator
 
-    validate_template(opts.template)
-    if not 0.0 <= opts.overlap < 1.0:
-        raise ValueError(f"--overlap must be in [0, 1), got {opts.overlap}")
-    if opts.segment is not None and not opts.segment > 0:
-        raise ValueError(f"--segment must be positive seconds, got {opts.segment}")
-    if opts.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {opts.jobs}")
-    from stemcli.audio import SUBTYPES
-
-    if (opts.fmt, opts.bit_depth) not in SUBTYPES:
-        raise ValueError(f"--format {opts.fmt} does not support --bit-depth {opts.bit_depth}")
+    validate_options(opts)
     sep = get_separator(opts.model, opts.backend)
     stems = check_stems(sep, opts.stems)
     sep.select_sources(stems)

@@ -58,12 +58,14 @@ def separate(inputs, model, outdir, stems, fmt, bit_depth, template, segment, ov
         model=model, backend=backend, outdir=outdir, stems=_stems_option(stems), fmt=fmt, bit_depth=int(bit_depth),
         template=template, segment=segment, overlap=overlap, force=force, jobs=jobs, progress=not quiet,
     )
-    runner = run_batch
+    runner, root = run_batch, True
     if distributed is not False:
-        from stemcli.distributed import mpi_world_size
+        from stemcli.distributed import is_root_rank, mpi_world_size
 
         if distributed or mpi_world_size() > 1:
             from stemcli.distributed import run_batch_distributed as runner  # type: ignore[no-redef]
+
+            root = is_root_rank()  # only rank 0 speaks; every rank exits with the same code
 
     def report(o) -> None:
         if o.status == "failed":
@@ -74,12 +76,16 @@ def separate(inputs, model, outdir, stems, fmt, bit_depth, template, segment, ov
     try:
         outcomes = runner(list(inputs), opts, report)
     except (SeparatorError, ValueError, OSError) as exc:
+        if not root:
+            sys.exit(1)
         raise _fail(exc) from None
     failed = sum(o.status == "failed" for o in outcomes)
-    if not quiet or failed:
+    if root and (not quiet or failed):
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()), err=True)
     if not outcomes:
+        if not root:
+            sys.exit(1)
         raise click.ClickException("no audio files found in " + ", ".join(map(str, inputs)))
     if failed:
         sys.exit(1)
