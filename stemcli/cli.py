@@ -168,8 +168,10 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Excerpt length.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True, help="Validate every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
-def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, resume) -> None:
+def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
     from stemcli.train.loop import train as train_run
 
@@ -177,7 +179,7 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, resu
         raise click.ClickException("give --steps or --minutes (or both: whichever comes first)")
     try:
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
-                  threads=threads, seed=seed, log=lambda m: click.echo(m, err=True))
+                  threads=threads, seed=seed, lr=lr, val_every=val_every, log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -1,0 +1,271 @@
+"""MMDenseNet-family mask estimator, waveform in, stems out, sized for CPU speed.
+
+Multi-scale multi-band DenseNet (Takahashi & Mitsufuji, 2017): dense blocks at several
+resolutions joined by down-/up-sampling (an "MDenseNet"), one MDenseNet per frequency band
+(low, high) plus one over the full band; the band outputs are concatenated along frequency,
+joined with the full-band output along channels and refined by a last dense block.
+
+What makes it fast on a 2-core CPU (onnxruntime):
+
+* STFT with ``n_fft=2048, hop=1024`` (the paper's setting) and only ``max_bin`` bins fed to
+  the network (bins above reuse the mask of the last modelled bin);
+* a stride-2 stem convolution before any dense block, so the finest dense blocks run on a
+  quarter of the time-frequency points, and a stride-2 transposed convolution as mask head;
+* small growth rates, post-activation ``Conv -> BatchNorm -> ReLU`` (onnxruntime folds the
+  BatchNorm into the Conv).
+
+Masks are a softmax over sources for the bins below ``max_bin``; the first ``S - 1`` sources
+are inverted from their masked spectrograms (bins above ``max_bin`` left at zero) and the last
+source is ``mixture - sum(others)`` in the waveform domain: the stems sum to the input exactly,
+only ``S - 1`` inverse STFTs run, and the last source (``other`` by default) receives everything
+above ``max_bin`` (16.5 kHz by default).
+
+The whole graph (STFT -> masks -> inverse STFT) is one ``nn.Module`` mapping
+``[batch, channels, time] -> [batch, sources, channels, time]`` and exports to a single ONNX
+file with dynamic batch and time axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from stemcli.transforms import ISTFT, STFT
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "architecture": "mmdense",
+    "sources": ["vocals", "drums", "bass", "other"],
+    "sample_rate": 44100,
+    "channels": 2,
+    "n_fft": 2048,
+    "hop": 1024,
+    "max_bin": 768,  # 16.5 kHz at 44.1 kHz / 2048
+    "split_bin": 256,  # low band below 5.5 kHz
+    "stem_channels": 16,
+    # growth rate and layers per dense block, for the scales [1, 1/2, 1/4] of each MDenseNet
+    # each net: dense growth, layers per scale (finest first), input pooling (time, freq)
+    # relative to the stem output; its output is upsampled back by a transposed conv
+    "low": {"growth": 10, "layers": [1, 2, 3], "pool": [1, 1]},
+    "high": {"growth": 8, "layers": [1, 2, 2], "pool": [1, 2]},
+    "full": {"growth": 8, "layers": [2, 2], "pool": [2, 2]},
+    "final": {"channels": 24, "growth": 8, "layers": 1},
+}
+
+
+def _conv(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class DenseBlock(nn.Module):
+    """``layers`` 3x3 conv layers, each seeing the concatenation of all previous outputs.
+
+    Output channels: ``cin + layers * growth``.
+    """
+
+    def __init__(self, cin: int, growth: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_conv(cin + i * growth, growth) for i in range(layers))
+        self.cout = cin + layers * growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return x
+
+
+class Transition(nn.Module):
+    """1x1 conv to ``cout`` channels, optionally followed by 2x2 average pooling."""
+
+    def __init__(self, cin: int, cout: int, down: bool) -> None:
+        super().__init__()
+        self.conv = _conv(cin, cout, 1)
+        self.pool = nn.AvgPool2d(2) if down else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
+class MDenseNet(nn.Module):
+    """Multi-scale DenseNet: encoder blocks at scales 1, 1/2, ..., decoder back with skips.
+
+    Args:
+        cin: input channels.
+        growth: dense growth rate.
+        layers: layers of the dense block at each scale (finest first); the coarsest is the
+            bottleneck, the others appear once in the encoder and once in the decoder.
+    """
+
+    def __init__(self, cin: int, growth: int, layers: list[int]) -> None:
+        super().__init__()
+        self.enc = nn.ModuleList()
+        self.down = nn.ModuleList()
+        skips = []
+        c = cin
+        for n in layers[:-1]:
+            block = DenseBlock(c, growth, n)
+            self.enc.append(block)
+            skips.append(block.cout)
+            half = max(growth, block.cout // 2)
+            self.down.append(Transition(block.cout, half, down=True))
+            c = half
+        self.bottleneck = DenseBlock(c, growth, layers[-1])
+        c = self.bottleneck.cout
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for n, skip in zip(reversed(layers[:-1]), reversed(skips)):
+            self.up.append(nn.ConvTranspose2d(c, growth * 2, 2, stride=2))
+            block = DenseBlock(growth * 2 + skip, growth, n)
+            self.dec.append(block)
+            c = block.cout
+
+        self.cout = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block, down in zip(self.enc, self.down):
+            x = block(x)
+            skips.append(x)
+            x = down(x)
+        x = self.bottleneck(x)
+        for up, block, skip in zip(self.up, self.dec, reversed(skips)):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return x
+
+
+class Band(nn.Module):
+    """An :class:`MDenseNet` run on an average-pooled input, upsampled back, to ``cout`` channels."""
+
+    def __init__(self, cin: int, cout: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        pool = tuple(int(v) for v in cfg.get("pool", (1, 1)))
+        self.pool = nn.AvgPool2d(pool) if pool != (1, 1) else nn.Identity()
+        self.net = MDenseNet(cin, int(cfg["growth"]), list(cfg["layers"]))
+        if pool != (1, 1):
+            self.out = nn.Sequential(
+                nn.ConvTranspose2d(self.net.cout, cout, pool, stride=pool, bias=False),
+                nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            )
+        else:
+            self.out = _conv(self.net.cout, cout, 1)
+        self.scale = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(self.pool(x)))
+
+
+class MMDenseNet(nn.Module):
+    """Waveform-to-stems MMDenseNet.
+
+    Args:
+        config: architecture dict (see :data:`DEFAULT_CONFIG`; missing keys take defaults).
+
+    Input ``[shape=(batch, channels, time)]``, output ``[shape=(batch, sources, channels, time)]``.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        cfg = {**DEFAULT_CONFIG, **(config or {})}
+        self.config = cfg
+        self.n_src = len(cfg["sources"])
+        self.n_ch = int(cfg["channels"])
+        self.max_bin, self.split_bin = int(cfg["max_bin"]), int(cfg["split_bin"])
+        n_fft, hop = int(cfg["n_fft"]), int(cfg["hop"])
+        # stem stride 2, then each band's input pooling and (levels - 1) 2x2 poolings
+        multiple = 2 * max(
+            max(int(v) for v in cfg[b].get("pool", (1, 1))) * 2 ** (len(cfg[b]["layers"]) - 1)
+            for b in ("low", "high", "full")
+        )
+        for label, v in (("max_bin", self.max_bin), ("split_bin", self.split_bin)):
+            if v % multiple or not 0 < v <= n_fft // 2:
+                raise ValueError(f"mmdense config: {label}={v} must be a multiple of {multiple} in (0, n_fft/2]")
+        if self.split_bin >= self.max_bin:
+            raise ValueError("mmdense config: split_bin must be below max_bin")
+        self.multiple = multiple
+        if self.max_bin % STFT(n_fft, hop).p:
+            raise ValueError(f"mmdense config: max_bin={self.max_bin} must be a multiple of {STFT(n_fft, hop).p}")
+        self.stft = STFT(n_fft, hop, bins=self.max_bin)
+        self.istft = ISTFT(n_fft, hop, bins=self.max_bin)
+        # per-bin input normalisation on log-magnitude (learned)
+        self.in_scale = nn.Parameter(torch.ones(self.max_bin))
+        self.in_bias = nn.Parameter(torch.zeros(self.max_bin))
+        c0 = int(cfg["stem_channels"])
+        self.stem = nn.Sequential(
+            nn.Conv2d(self.n_ch, c0, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c0), nn.ReLU(inplace=True)
+        )
+        fc = int(cfg["final"]["channels"])
+        band_c = fc // 2
+        self.low = Band(c0, band_c, cfg["low"])
+        self.high = Band(c0, band_c, cfg["high"])
+        self.full = Band(c0, fc - band_c, cfg["full"])
+        self.final = DenseBlock(fc, int(cfg["final"]["growth"]), int(cfg["final"]["layers"]))
+        self.head = nn.ConvTranspose2d(self.final.cout, self.n_src * self.n_ch, 2, stride=2)
+
+    def logits(self, mag: torch.Tensor) -> torch.Tensor:
+        """Mask logits from magnitudes, for the bins below ``max_bin``.
+
+        Args:
+            mag: [shape=(batch, channels, frames, max_bin)] (frames-major: conv height is time).
+
+        Returns:
+            [shape=(batch, sources * channels, frames, max_bin)].
+        """
+        frames = mag.shape[2]
+        x = torch.log1p(mag) * self.in_scale + self.in_bias
+        pad = (self.multiple - frames % self.multiple) % self.multiple
+        x = nn.functional.pad(x, (0, 0, 0, pad))
+        x = self.stem(x)
+        s = self.split_bin // 2
+        low = self.low(x[..., :s])
+        high = self.high(x[..., s:])
+        full = self.full(x)
+        y = self.final(torch.cat([torch.cat([low, high], dim=3), full], dim=1))
+        return self.head(y)[:, :, :frames]
+
+    def masks(self, mag: torch.Tensor) -> torch.Tensor:
+        """Soft masks from magnitudes, for the bins below ``max_bin``.
+
+        Args:
+            mag: [shape=(batch, channels, frames, max_bin)].
+
+        Returns:
+            [shape=(batch, sources, channels, frames, max_bin)], summing to 1 over sources.
+        """
+        b, c, frames = mag.shape[0], mag.shape[1], mag.shape[2]
+        logits = self.logits(mag).reshape(b, self.n_src, c, frames, self.max_bin)
+        return torch.softmax(logits, dim=1)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Args:
+            wave: [shape=(batch, channels, time)].
+
+        Returns:
+            [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
+        """
+        b, c, t = wave.shape
+        s1 = self.n_src - 1
+        z = self.stft.fft_layout(wave)  # [2, K2, B, C, F, P], bin = P * k2 + k1
+        k2, nf, p = z.shape[1], z.shape[4], z.shape[5]
+        mag = torch.sqrt((z * z).sum(0) + 1e-10)  # [K2, B, C, F, P]
+        mag = mag.permute(1, 2, 3, 0, 4).reshape(b, c, nf, self.max_bin)
+        logits = self.logits(mag)  # [B, S*C, F, max_bin]
+        # softmax over sources in the inverse STFT's layout [P, K1, B, S, C, F], reached by
+        # two single-axis moves with the softmax between them (a generic 6-d transpose is
+        # slow on onnxruntime); the softmax is written out (Softmax on a non-last axis transposes)
+        lg = logits.reshape(-1, self.max_bin).t().reshape(k2, p, b, self.n_src, c, nf)
+        e = torch.exp(lg.clamp(-30.0, 30.0))
+        m = (e[:, :, :, :s1] / e.sum(dim=3, keepdim=True)).transpose(0, 1)  # [P, K1, B, S-1, C, F]
+        spec = z.permute(5, 0, 1, 2, 3, 4)  # [P, 2, K2, B, C, F]
+        # bins above max_bin go to the last source (the residual): they are never computed
+        masked = spec.unsqueeze(4) * m.unsqueeze(1)  # [P, 2, K1, B, S-1, C, F]
+        est = self.istft.from_fft_layout(masked, t).reshape(b, s1, c, t)
+        last = wave - est.sum(dim=1)
+        return torch.cat([est, last.unsqueeze(1)], dim=1)
+
+
+def build(config: dict[str, Any]) -> MMDenseNet:
+    """Construct the model from its JSON config."""
+    return MMDenseNet(config)

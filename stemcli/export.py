@@ -1,0 +1,301 @@
+"""Export a training run to ONNX, check it against torch, and write the model card.
+
+``export_run(run_dir, "models/NAME.onnx")``:
+
+1. rebuilds the architecture from ``run_dir/config.json`` and loads ``best.pt`` (the best
+   validation SDR; ``checkpoint.pt`` if there is no ``best.pt``), with ``weights_only=True``;
+2. exports one self-contained ONNX file (legacy TorchScript exporter, opset 17, no external
+   data file) with dynamic ``batch`` and ``time`` axes: input ``mix [batch, channels, time]``,
+   output ``stems [batch, sources, channels, time]``;
+3. runs onnxruntime and torch on random audio and on real audio (``check_audio``, else an
+   excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
+   difference exceeds ``tolerance`` (1e-4);
+4. writes ``NAME.pt`` (the ``state_dict`` only) and the card ``NAME.json`` with the sha256 of
+   both files, the training data card, steps and time, validation SDR, optional measured
+   metrics and the exact command.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stemcli.modelcard import CARD_FORMAT, save_card, sha256_file
+
+OPSET = 17
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the torch model (or cannot be exported)."""
+
+
+def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    import torch
+
+    from stemcli.train import archs
+
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run_dir}: not a training run (no config.json)")
+    run_cfg = json.loads(cfg_path.read_text())
+    for name in ("best.pt", "checkpoint.pt"):
+        f = run_dir / name
+        if f.is_file():
+            break
+    else:
+        raise ValueError(f"{run_dir}: no best.pt or checkpoint.pt to export")
+    ck = torch.load(f, map_location="cpu", weights_only=True)
+    model = archs.build(run_cfg["model"])
+    model.load_state_dict(ck["model"])
+    model.eval()
+    info = {"weights": name, "step": int(ck.get("step", 0))}
+    if "val_sdr" in ck:
+        info["best_val_sdr_mean"] = float(ck["val_sdr"])
+    return run_cfg, model, info
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    """Last loss, last validation SDR per stem and total time, from ``log.jsonl``."""
+    out: dict[str, Any] = {}
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return out
+    best_mean = -np.inf
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in rec:
+            out["final_loss"] = rec["loss"]
+        if "val_sdr" in rec:
+            out["last_val_sdr"] = rec["val_sdr"]
+            out["last_val_step"] = rec["step"]
+            if rec["val_sdr"].get("mean", -np.inf) > best_mean:
+                best_mean = rec["val_sdr"]["mean"]
+                out["best_val_sdr"] = rec["val_sdr"]
+                out["best_val_step"] = rec["step"]
+        if "elapsed" in rec:
+            out["minutes"] = round(rec["elapsed"] / 60.0, 2)
+            out["steps"] = rec["step"]
+    return out
+
+
+def _real_audio(run_cfg: dict[str, Any], check_audio: Path | None, channels: int, seconds: float = 8.0) -> np.ndarray | None:
+    import soundfile as sf
+
+    rate = int(run_cfg["model"]["sample_rate"])
+    if check_audio is None:
+        root = Path(run_cfg.get("data", {}).get("root", ""))
+        for split in ("valid", "test", "train"):
+            mixes = sorted((root / split).glob("*/mixture.wav")) if root.is_dir() else []
+            if mixes:
+                check_audio = mixes[0]
+                break
+        else:
+            return None
+    check_audio = Path(check_audio)
+    if not check_audio.is_file():
+        raise ValueError(f"{check_audio}: check audio not found")
+    try:
+        data, sr = sf.read(str(check_audio), frames=int(seconds * rate), dtype="float32", always_2d=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{check_audio}: cannot read audio ({exc})") from exc
+    if sr != rate:
+        raise ValueError(f"{check_audio}: {sr} Hz, the model needs {rate} Hz")
+    x = data.T
+    if x.shape[0] != channels:
+        x = np.repeat(x.mean(0, keepdims=True), channels, axis=0)
+    return np.ascontiguousarray(x[None])
+
+
+def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> dict[str, float]:
+    """Largest |onnxruntime - torch| per named input; raise :class:`ExportError` above ``tolerance``."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    diffs = {}
+    for label, x in inputs.items():
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {name: x})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"{onnx_path}: output shape {got.shape} on {label} audio, torch gives {ref.shape}")
+        diffs[label] = float(np.max(np.abs(got - ref)))
+        if not diffs[label] <= tolerance:
+            raise ExportError(
+                f"{onnx_path}: onnxruntime differs from torch by {diffs[label]:.3g} on {label} audio "
+                f"(tolerance {tolerance:g}); not writing a card"
+            )
+    return diffs
+
+
+def export_model(model: Any, onnx_path: Path, channels: int) -> None:
+    """Export ``model`` (eval mode) to one ONNX file with dynamic batch and time axes."""
+    import warnings
+
+    import torch
+
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
+    example = torch.zeros(1, channels, 44100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=["mix"], output_names=["stems"],
+                dynamic_axes={"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}},
+            )
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"{onnx_path}: torch.onnx.export failed: {exc}") from exc
+    side = tmp.with_name(tmp.name + ".data")
+    if side.exists():
+        side.unlink()
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{onnx_path}: exporter wrote external data; model too large for one file")
+    os.replace(tmp, onnx_path)
+
+
+def _this_command() -> str:
+    """This process's command line, with the program as its bare name (``stemcli export ...``)."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]])
+
+
+def export_run(
+    run_dir: str | Path,
+    out_onnx: str | Path,
+    check_audio: str | Path | None = None,
+    segment: float = 30.0,
+    context: float = 1.0,
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+    tolerance: float = TOLERANCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Export the run in ``run_dir`` to ``out_onnx`` (+ ``.pt`` and ``.json`` next to it).
+
+    Args:
+        run_dir: training run folder (``config.json``, ``best.pt`` / ``checkpoint.pt``, ``log.jsonl``).
+        out_onnx: path of the ONNX file to write; the card and state dict take its stem.
+        check_audio: a real recording for the parity check (default: the run's validation data).
+        segment: preferred chunk length (s) written to the card.
+        context: neighbouring audio (s) the engine should add on each side of a chunk.
+        metrics: measured numbers to record (e.g. ``{"sdr": {...}, "speed": {...}}``).
+        command: the command to record (default: this process's ``sys.argv``).
+        tolerance: largest allowed |onnxruntime - torch|.
+        seed: seed of the random parity input.
+
+    Returns:
+        The card (also written to ``out_onnx.with_suffix(".json")``).
+
+    Raises:
+        ValueError: not a run folder, unreadable check audio.
+        ExportError: export failed or onnxruntime disagrees with torch beyond ``tolerance``.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+
+    run_dir, out_onnx = Path(run_dir), Path(out_onnx)
+    if out_onnx.suffix != ".onnx":
+        raise ValueError(f"{out_onnx}: the output must end in .onnx")
+    run_cfg, model, info = _load_run(run_dir)
+    mcfg = run_cfg["model"]
+    channels = int(mcfg["channels"])
+    export_model(model, out_onnx, channels)
+
+    rng = np.random.default_rng(seed)
+    inputs = {"random": (0.3 * rng.standard_normal((2, channels, 123_457))).astype(np.float32)}
+    real = _real_audio(run_cfg, Path(check_audio) if check_audio else None, channels)
+    if real is not None:
+        inputs["real"] = real
+    try:
+        diffs = check_parity(model, out_onnx, inputs, tolerance)
+    except ExportError:
+        out_onnx.unlink(missing_ok=True)
+        raise
+
+    pt_path = out_onnx.with_suffix(".pt")
+    tmp = pt_path.with_name(pt_path.name + ".partial")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, pt_path)
+
+    training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
+                "hyperparameters": run_cfg.get("hyperparameters", {}),
+                "commands": run_cfg.get("commands", []), **info, **_training_summary(run_dir)}
+    card = {
+        "format": CARD_FORMAT,
+        "name": out_onnx.stem,
+        "architecture": mcfg["architecture"],
+        "sources": list(mcfg["sources"]),
+        "sample_rate": int(mcfg["sample_rate"]),
+        "channels": channels,
+        "segment": float(segment),
+        "context": float(context),
+        "alignment": int(getattr(model, "multiple", 1)) * int(mcfg.get("hop", 1)),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "sha256": sha256_file(out_onnx),
+        "files": {
+            "onnx": {"path": out_onnx.name, "sha256": sha256_file(out_onnx), "bytes": out_onnx.stat().st_size},
+            "torch": {"path": pt_path.name, "sha256": sha256_file(pt_path), "bytes": pt_path.stat().st_size},
+        },
+        "io": {"input": "mix [batch, channels, time] float32", "output": "stems [batch, sources, channels, time] float32"},
+        "config": mcfg,
+        "training": training,
+        "metrics": metrics or {},
+        "export": {
+            "opset": OPSET, "parity_max_abs_diff": diffs, "tolerance": tolerance,
+            "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        "command": command or _this_command(),
+    }
+    save_card(card, out_onnx.with_suffix(".json"))
+    return card
+
+
+def update_metrics(card_path: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Merge measured ``metrics`` (SDR tables, speed) into an existing card; hashes untouched."""
+    from stemcli.modelcard import load_card
+
+    card = load_card(card_path)
+    card.setdefault("metrics", {}).update(metrics)
+    save_card(card, card_path)
+    return card
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m stemcli.export", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("-o", "--output", required=True, type=Path)
+    p.add_argument("--check-audio", type=Path)
+    p.add_argument("--segment", type=float, default=30.0)
+    p.add_argument("--context", type=float, default=1.0)
+    a = p.parse_args(argv)
+    try:
+        command = " ".join(shlex.quote(x) for x in ["python", "-m", "stemcli.export", *(argv if argv is not None else sys.argv[1:])])
+        card = export_run(a.run_dir, a.output, a.check_audio, segment=a.segment, context=a.context, command=command)
+    except (ValueError, ExportError) as exc:
+        sys.exit(f"error: {exc}")
+    print(json.dumps({"onnx": str(a.output), "parity": card["export"]["parity_max_abs_diff"],
+                      "bytes": card["files"]["onnx"]["bytes"]}))
+
+
+if __name__ == "__main__":
+    main()

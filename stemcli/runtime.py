@@ -1,0 +1,201 @@
+"""Run an exported model on onnxruntime (default) or torch, behind the Separator interface.
+
+:class:`OnnxSeparator` runs any model exported by :func:`stemcli.export.export_run`, given its
+card (``-m path/to/card.json``, or a name found in :func:`stemcli.modelcard.models_dir`).
+Before loading, the model file's sha256 is checked against the card; a changed file is
+refused with a message naming it.
+
+* ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file.  With
+  ``threads=N > 1`` a long input is cut in ``N`` time parts (each with ``context`` seconds of
+  real neighbouring audio, joined by a short linear cross-fade) that run concurrently on ``N``
+  single-threaded sessions: many ops of a spectrogram graph (transposes, slices, pads) run on
+  one thread inside onnxruntime, so splitting the work in time scales better than intra-op
+  threads.  ``parallel="intra"`` uses one session with ``N`` intra-op threads instead.
+* ``backend="torch"``: the architecture rebuilt from the card's ``config`` and the shipped
+  ``state_dict`` (``.pt``, loaded with ``weights_only=True``), for comparison and debugging.
+
+onnxruntime and torch are imported only when a separator is constructed.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stemcli.modelcard import find_card, load_card, model_file
+from stemcli.plugins import Separator
+
+BACKENDS = ("onnx", "torch")
+PARALLEL = ("time", "intra")
+MIN_PART_SECONDS = 4.0  # below this a part is not worth a worker of its own
+FADE_SECONDS = 0.05
+
+
+def split_points(total: int, parts: int, min_part: int, align: int = 1) -> list[int]:
+    """Boundaries ``[0, b1, ..., total]`` of at most ``parts`` near-equal parts >= ``min_part``,
+    inner boundaries on multiples of ``align`` (STFT hop x the network's time stride: every
+    part then sees the same frame and pooling grid as the whole input)."""
+    n = max(1, min(parts, total // max(1, min_part)))
+    inner = sorted({align * round(i * total / n / align) for i in range(1, n)} - {0, total})
+    return [0, *[b for b in inner if 0 < b < total], total]
+
+
+def run_in_parts(run: Any, mix: np.ndarray, bounds: list[int], context: int, fade: int,
+                 pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """Run ``run`` on time parts of ``mix`` (each with ``context`` samples of neighbouring audio)
+    and join them with linear cross-fades of ``fade`` samples centred on the boundaries.
+
+    Args:
+        run: maps ``[batch, channels, time]`` to ``[batch, sources, channels, time]``.
+        mix: [shape=(batch, channels, time)].
+        bounds: part boundaries from :func:`split_points`.
+        context: extra samples on each side of a part (>= fade / 2).
+
+    Returns:
+        [shape=(batch, sources, channels, time)]; a convex combination of the parts' estimates,
+        so stems that sum to the mixture in every part still do.
+    """
+    total = mix.shape[-1]
+    half = fade // 2
+    spans = [(max(0, a - context), min(total, b + context)) for a, b in zip(bounds[:-1], bounds[1:])]
+    jobs = [lambda lo=lo, hi=hi: run(np.ascontiguousarray(mix[..., lo:hi])) for lo, hi in spans]
+    outs = list(pool.map(lambda f: f(), jobs)) if pool is not None else [f() for f in jobs]
+    out = np.empty(outs[0].shape[:-1] + (total,), np.float32)
+    for i, ((a, b), (lo, _), y) in enumerate(zip(zip(bounds[:-1], bounds[1:]), spans, outs)):
+        start = a + half if i > 0 else a
+        stop = b - half if i < len(outs) - 1 else b
+        out[..., start:stop] = y[..., start - lo : stop - lo]
+    ramp = (np.arange(2 * half, dtype=np.float32) + 0.5) / (2 * half)
+    for i in range(1, len(outs)):
+        b = bounds[i]
+        lo_prev, lo_next = spans[i - 1][0], spans[i][0]
+        prev = outs[i - 1][..., b - half - lo_prev : b + half - lo_prev]
+        nxt = outs[i][..., b - half - lo_next : b + half - lo_next]
+        out[..., b - half : b + half] = (1.0 - ramp) * prev + ramp * nxt
+    return out
+
+
+class OnnxSeparator(Separator):
+    """A separator backed by an exported model and its card.
+
+    Args:
+        model: card path (``.json``), model path (``.onnx``, its card next to it), a model name
+            in the models folder, or ``None`` for ``default_model``.
+        backend: ``"onnx"`` (onnxruntime) or ``"torch"``.
+        threads: CPU threads (default: all cores).
+        parallel: ``"time"`` (default): ``threads`` single-threaded onnxruntime sessions on
+            time parts of long inputs; ``"intra"``: one session with ``threads`` intra-op threads.
+    """
+
+    description = "Any stemcli-exported model, given its card (-m path/to/card.json)"
+    default_model = "mmdense"
+
+    def __init__(self, model: str | Path | None = None, backend: str = "onnx", threads: int | None = None,
+                 parallel: str = "time") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        if parallel not in PARALLEL:
+            raise ValueError(f"unknown parallel mode '{parallel}' (choose from {', '.join(PARALLEL)})")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        card = load_card(find_card(model, self.default_model))
+        self.card = card
+        self.backend = backend
+        self.threads = threads
+        self.sources = tuple(card["sources"])
+        self.sample_rate = int(card["sample_rate"])
+        self.channels = int(card["channels"])
+        self.segment = float(card["segment"])
+        self.context = float(card.get("context", 0.0))
+        self.name = str(card["name"])
+        # samples by which an input may be shifted without changing the model's frame/pooling
+        # grid (STFT hop x the network's time stride); parts start on multiples of it
+        self.alignment = int(card.get("alignment") or card.get("config", {}).get("hop", 1))
+        self.workers = 1
+        self._pool: ThreadPoolExecutor | None = None
+        if backend == "onnx":
+            path = model_file(card, "onnx")
+            n = int(threads) if threads else (os.cpu_count() or 1)
+            self._run = self._onnx_runner(path, intra=threads)  # whole input, intra-op threads
+            if parallel == "time" and n > 1:
+                self.workers = n
+                self._run_part = self._onnx_runner(path, intra=1)  # one thread per time part
+                self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="stemcli-ort")
+        else:
+            self._run = self._torch_runner(model_file(card, "torch"))
+
+    def _onnx_runner(self, path: Path, intra: int | None) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if intra:
+            opts.intra_op_num_threads = int(intra)
+        opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
+        in_name = session.get_inputs()[0].name
+        if not hasattr(self, "session"):
+            self.session = session  # for reports (thread settings)
+
+        def run(mix: np.ndarray) -> np.ndarray:
+            return session.run(None, {in_name: mix})[0]
+
+        return run
+
+    def _torch_runner(self, path: Path) -> Any:
+        import torch
+
+        from stemcli.train import archs
+
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        net = archs.build(self.card["config"])
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as exc:  # unpickling / shape errors: name the file
+            raise ValueError(f"{path}: cannot load the state dict into '{self.card['architecture']}' ({exc})") from exc
+        net.eval()
+
+        def run(mix: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return net(torch.from_numpy(mix)).numpy()
+
+        return run
+
+    def separate(self, mix: np.ndarray) -> np.ndarray:
+        """Args:
+            mix: [shape=(batch, channels, time)] float32 at ``sample_rate``.
+
+        Returns:
+            [shape=(batch, len(sources), channels, time)] float32; the stems sum to ``mix``.
+        """
+        mix = np.asarray(mix)
+        if mix.ndim != 3 or mix.shape[1] != self.channels:
+            raise ValueError(
+                f"{self.name}: expected mix of shape (batch, {self.channels}, time), got {mix.shape}"
+            )
+        if mix.shape[-1] == 0:
+            return np.zeros((mix.shape[0], len(self.sources), self.channels, 0), np.float32)
+        mix = np.ascontiguousarray(mix, dtype=np.float32)
+        if self.workers > 1:
+            rate = self.sample_rate
+            align = self.alignment
+            bounds = split_points(mix.shape[-1], self.workers, int(MIN_PART_SECONDS * rate), align)
+            if len(bounds) > 2:
+                context = max(int(self.context * rate), int(FADE_SECONDS * rate))
+                context = -(-context // align) * align
+                return run_in_parts(self._run_part, mix, bounds, context, int(FADE_SECONDS * rate), self._pool)
+        return np.asarray(self._run(mix), dtype=np.float32)
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update({"backend": self.backend, "card": self.card.get("_path"), "workers": self.workers,
+                  "metrics": self.card.get("metrics", {})})
+        return d

@@ -1,0 +1,347 @@
+"""Generic training loop for waveform-to-stems models, resumable, time- or step-bounded.
+
+Run folder layout (``out``)::
+
+    config.json      architecture config, data card, hyperparameters, command (written once)
+    checkpoint.pt    {"model": state_dict, "optimizer": state_dict, "step", "elapsed", rng states}
+    best.pt          {"model": state_dict, "step", "val_sdr"}: best mean validation SDR so far
+    log.jsonl        one JSON object per line: training loss every ``log_every`` steps,
+                     validation SDR per stem every ``val_every`` steps
+
+Checkpoints hold tensors, numbers and strings only and are read with
+``torch.load(..., weights_only=True)``; they are written to a temporary file and renamed, so
+an interruption never leaves a half-written checkpoint.  ``resume=True`` continues the step
+count, the optimizer, the random generators and the wall-clock budget (``minutes`` is the
+total over all sessions; it counts training steps, data loading included, not validation
+or checkpoint writing).
+
+Loss: L1 between estimated and true stem waveforms, averaged over sources, channels and time.
+The models end in an inverse STFT, so the loss sees what is delivered (phase included, the
+stems summing to the mixture), costs no extra transform in the backward pass, and its scale is
+independent of the spectrogram settings, so two architectures with different STFTs (MMDenseNet
+2048/1024, Open-Unmix 4096/1024) are trained on exactly the same objective.
+
+Validation: plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per stem on fixed, unaugmented
+excerpts of the ``valid`` split (``test`` if there is no ``valid``), median over excerpts;
+excerpts where a stem is silent are skipped for that stem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from stemcli.data.datasets import StemDataset
+from stemcli.train import archs
+
+SILENT = 1e-6  # mean-square below which a validation stem counts as silent
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _this_command() -> str:
+    """This process's command line (``python -m stemcli.train.loop ...`` or ``stemcli train ...``)."""
+    argv = list(sys.argv)
+    prog = Path(argv[0]).name if argv and argv[0] else "python"
+    if prog == "loop.py":
+        prog = "python -m stemcli.train.loop"
+    return " ".join([prog, *(shlex.quote(a) for a in argv[1:])])
+
+
+def data_card(root: Path) -> dict[str, Any]:
+    """The dataset's own card (``dataset.json``) summarised, or just its path."""
+    card: dict[str, Any] = {"root": str(root)}
+    f = root / "dataset.json"
+    if f.is_file():
+        try:
+            full = json.loads(f.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f}: not valid JSON ({exc})") from exc
+        for key in ("format", "command", "counts", "durations_seconds", "kinds", "sample_rate",
+                    "stems", "seed", "soundfonts", "renderer"):
+            if key in full:
+                card[key] = full[key]
+    return card
+
+
+def simple_sdr(ref: np.ndarray, est: np.ndarray) -> np.ndarray:
+    """SDR per leading index: ``ref, est [shape=(..., channels, time)]`` -> ``[shape=(...)]`` dB.
+
+    NaN where the reference is silent (mean square below ``SILENT``).
+    """
+    num = np.sum(ref.astype(np.float64) ** 2, axis=(-2, -1))
+    den = np.sum((ref.astype(np.float64) - est) ** 2, axis=(-2, -1))
+    sdr = 10.0 * np.log10((num + 1e-12) / (den + 1e-12))
+    power = num / (ref.shape[-1] * ref.shape[-2])
+    return np.where(power < SILENT, np.nan, sdr)
+
+
+def validate(model: torch.nn.Module, excerpts: list[tuple[np.ndarray, np.ndarray]], sources: list[str],
+             batch: int = 4) -> dict[str, float]:
+    """Median SDR per stem (and ``mean`` of the stems) of ``model`` on ``excerpts``."""
+    was = model.training
+    model.eval()
+    sdrs = []
+    with torch.no_grad():
+        for i in range(0, len(excerpts), batch):
+            part = excerpts[i : i + batch]
+            mix = torch.from_numpy(np.stack([m for m, _ in part]))
+            est = model(mix).numpy()
+            sdrs.append(simple_sdr(np.stack([s for _, s in part]), est))
+    model.train(was)
+    table = np.concatenate(sdrs, axis=0)  # [excerpts, sources]
+    out = {}
+    for k, name in enumerate(sources):
+        col = table[:, k]
+        out[name] = float(np.nanmedian(col)) if np.isfinite(col).any() else float("nan")
+    vals = [v for v in out.values() if math.isfinite(v)]
+    out["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def _lr_at(lr: float, progress: float, step: int, warmup: int = 20) -> float:
+    """Linear warm-up, constant, then cosine decay to 10% over the last 40% of the budget."""
+    scale = min(1.0, (step + 1) / warmup)
+    if progress > 0.6:
+        scale *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - 0.6) / 0.4)))
+    return lr * scale
+
+
+def train(
+    plugin: str,
+    data: str | Path,
+    out: str | Path,
+    steps: int | None = None,
+    minutes: float | None = None,
+    batch: int = 8,
+    resume: bool = False,
+    seconds: float = 3.0,
+    lr: float = 1e-3,
+    threads: int | None = None,
+    seed: int = 0,
+    val_every: int = 100,
+    val_excerpts: int = 12,
+    val_seconds: float = 6.0,
+    save_every: int = 25,
+    log_every: int = 5,
+    config: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Train architecture ``plugin`` on the MUSDB-layout folder ``data`` into run folder ``out``.
+
+    Args:
+        plugin: architecture name (``mmdense``, ``umx``) or module path (see :mod:`archs`).
+        data: dataset root with ``train/`` and ``valid/`` (or ``test/``) track folders.
+        out: run folder (created); see the module docstring for its files.
+        steps: stop after this many optimizer steps (total, counting resumed ones).
+        minutes: stop after this much training wall-clock time (total over sessions, validation
+            and checkpoint writing excluded).
+        batch: excerpts per step.
+        resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint is an error.
+        seconds: excerpt length (s).
+        lr: Adam learning rate (warm-up, then cosine decay over the last 40% of the budget).
+        threads: torch intra-op threads (default: torch's choice).
+        seed: seeds the model init, the data sampling and the validation excerpts.
+        val_every: steps between validations (also at the end).
+        val_excerpts, val_seconds: validation set size.
+        save_every: steps between checkpoints (also at the end).
+        log_every: steps between loss lines.
+        config: overrides of the architecture's default config (e.g. a smaller model for tests).
+        log: where progress lines go.
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        ValueError: bad arguments, unreadable data, or a run folder that does not match.
+    """
+    if steps is None and minutes is None:
+        raise ValueError("give steps or minutes (or both): training needs a stopping point")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if minutes is not None and minutes <= 0:
+        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise ValueError(f"{data}: dataset folder not found")
+    if threads:
+        torch.set_num_threads(int(threads))
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, cfg_path = out / "checkpoint.pt", out / "config.json"
+    if ckpt_path.exists() and not resume:
+        raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue, or use a new --out")
+
+    hyper = {"plugin": plugin, "batch": batch, "seconds": seconds, "lr": lr, "seed": seed,
+             "steps": steps, "minutes": minutes, "threads": threads, "loss": "L1 waveform",
+             "optimizer": "Adam", "augment": True, "remix_prob": 0.5}
+    if cfg_path.exists() and resume:
+        run_cfg = json.loads(cfg_path.read_text())
+        model_cfg = run_cfg["model"]
+        if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
+            raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
+        run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
+        run_cfg.setdefault("commands", []).append(_this_command())
+    else:
+        model_cfg = archs.default_config(plugin)
+        model_cfg.update(config or {})
+        run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
+                   "commands": [_this_command()]}
+    _write_json(run_cfg, cfg_path)
+
+    sources = list(model_cfg["sources"])
+    rate = int(model_cfg["sample_rate"])
+    torch.manual_seed(seed)
+    model = archs.build(model_cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    step, elapsed, best = 0, 0.0, -math.inf
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), float(ck["best"])
+        rng.bit_generator.state = json.loads(ck["numpy_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        log(f"resumed {out} at step {step} ({elapsed / 60:.1f} min trained)")
+
+    train_set = StemDataset(data, "train", sources, seconds=seconds, sample_rate=rate, augment=True,
+                            remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]))
+    val_split = "valid" if (data / "valid").is_dir() else "test"
+    val_set = StemDataset(data, val_split, sources, seconds=val_seconds, sample_rate=rate, augment=False,
+                          seed=seed, channels=int(model_cfg["channels"]))
+    excerpts = val_set.fixed_excerpts(val_excerpts, seed=seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
+        f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}")
+
+    stop_signal = []
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop_signal.append(signum)
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    budget = None if minutes is None else minutes * 60.0
+    warmup = 20 if steps is None else max(1, min(20, steps // 10))
+    logf = open(out / "log.jsonl", "a")
+
+    def _emit(rec: dict[str, Any]) -> None:
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+
+    def _save() -> None:
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                      "elapsed": elapsed, "best": best, "numpy_rng": json.dumps(rng.bit_generator.state),
+                      "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    def _validate() -> None:
+        nonlocal best
+        t0 = time.time()
+        sdr = validate(model, excerpts, sources)
+        rec = {"step": step, "elapsed": round(elapsed, 1), "val_sdr": sdr, "val_seconds": round(time.time() - t0, 1)}
+        _emit(rec)
+        log(f"step {step} val SDR " + " ".join(f"{k} {v:.2f}" for k, v in sdr.items()))
+        if math.isfinite(sdr["mean"]) and sdr["mean"] > best:
+            best = sdr["mean"]
+            _atomic_save({"model": model.state_dict(), "step": step, "val_sdr": best}, out / "best.pt")
+
+    model.train()
+    losses: list[float] = []
+    validated_at = -1
+    try:
+        while True:
+            done_steps = steps is not None and step >= steps
+            done_time = budget is not None and elapsed >= budget
+            if done_steps or done_time or stop_signal:
+                break
+            progress = max(step / steps if steps else 0.0, elapsed / budget if budget else 0.0)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(lr, progress, step, warmup)
+            t_step = time.time()
+            pairs = [train_set.sample(rng) for _ in range(batch)]
+            mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
+            ref = torch.from_numpy(np.stack([s for _, s in pairs]))
+            est = model(mix)
+            loss = torch.nn.functional.l1_loss(est, ref)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+            elapsed += time.time() - t_step
+            if step % log_every == 0:
+                rec = {"step": step, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                       "elapsed": round(elapsed, 1)}
+                _emit(rec)
+                log(f"step {step} loss {rec['loss']:.5f} lr {rec['lr']:.2e} {elapsed / 60:.1f} min")
+                losses = []
+            if step % save_every == 0:
+                _save()
+            if val_every and step % val_every == 0:
+                _validate()
+                validated_at = step
+        if losses:
+            _emit({"step": step, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                   "elapsed": round(elapsed, 1)})
+        if validated_at != step and step > 0 and not stop_signal:
+            _validate()
+        _save()
+        reason = "signal" if stop_signal else ("steps" if steps is not None and step >= steps else "time")
+        _emit({"step": step, "elapsed": round(elapsed, 1), "stopped": reason})
+        log(f"stopped at step {step} ({reason}), {elapsed / 60:.1f} min; best mean val SDR {best:.2f} dB")
+    finally:
+        logf.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m stemcli.train.loop", description=__doc__.split("\n")[0])
+    p.add_argument("plugin")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=25)
+    a = p.parse_args(argv)
+    try:
+        train(a.plugin, a.data, a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, resume=a.resume,
+              seconds=a.seconds, lr=a.lr, threads=a.threads, seed=a.seed, val_every=a.val_every,
+              save_every=a.save_every, log=lambda s: print(s, flush=True))
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""export_run: ONNX parity checks, the model card, sha256 refusal of tampered files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+if str(PLUGINS) not in sys.path:
+    sys.path.append(str(PLUGINS))
+
+from stemcli.export import ExportError, export_run, update_metrics  # noqa: E402
+from stemcli.modelcard import ModelFileError, load_card, model_file, sha256_file  # noqa: E402
+from stemcli.runtime import OnnxSeparator  # noqa: E402
+from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY = {
+    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
+    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
+    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
+    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
+    "final": {"channels": 8, "growth": 4, "layers": 1},
+}
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    """A run folder as the trainer leaves it, with random weights."""
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {**DEFAULT_CONFIG, **TINY}
+    torch.manual_seed(0)
+    model = MMDenseNet(cfg)
+    (run / "config.json").write_text(json.dumps({"model": cfg, "data": {"root": "nowhere"},
+                                                 "hyperparameters": {"lr": 1e-3}, "commands": ["train ..."]}))
+    torch.save({"model": model.state_dict(), "step": 7, "val_sdr": 1.5}, run / "best.pt")
+    (run / "log.jsonl").write_text(
+        json.dumps({"step": 5, "loss": 0.03, "elapsed": 60.0}) + "\n"
+        + json.dumps({"step": 7, "elapsed": 84.0, "val_sdr": {"vocals": 1.0, "mean": 1.5}}) + "\n"
+    )
+    return run
+
+
+@pytest.fixture()
+def real_audio(tmp_path: Path) -> Path:
+    t = np.arange(3 * 44100) / 44100
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sign(np.sin(2 * np.pi * 2 * t)) * (t % 0.5 < 0.01)
+    path = tmp_path / "song.wav"
+    sf.write(path, np.stack([x, 0.8 * x], axis=1).astype(np.float32), 44100)
+    return path
+
+
+def test_export_writes_verified_card(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models" / "tiny.onnx"
+    card = export_run(run_dir, out, check_audio=real_audio, metrics={"speed": {"rtf": 1.0}}, command="stemcli export x")
+    assert out.is_file() and out.with_suffix(".pt").is_file() and out.with_suffix(".json").is_file()
+    assert not Path(str(out) + ".data").exists()
+    assert set(card["export"]["parity_max_abs_diff"]) == {"random", "real"}
+    assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    loaded = load_card(out.with_suffix(".json"))
+    assert loaded["files"]["onnx"]["sha256"] == sha256_file(out)
+    assert loaded["files"]["torch"]["sha256"] == sha256_file(out.with_suffix(".pt"))
+    assert loaded["sources"] == ["vocals", "drums", "bass", "other"]
+    assert loaded["training"]["step"] == 7 and loaded["training"]["final_loss"] == 0.03
+    assert loaded["command"] == "stemcli export x"
+    # the .pt is a plain state dict
+    state = torch.load(out.with_suffix(".pt"), weights_only=True)
+    MMDenseNet(loaded["config"]).load_state_dict(state)
+    # metrics merge without touching the hashes
+    update_metrics(out.with_suffix(".json"), {"sdr": {"vocals": 2.0}})
+    again = load_card(out.with_suffix(".json"))
+    assert again["metrics"] == {"speed": {"rtf": 1.0}, "sdr": {"vocals": 2.0}}
+    assert again["files"] == loaded["files"]
+
+
+def test_tampered_onnx_is_refused(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tiny.onnx"
+    export_run(run_dir, out, check_audio=real_audio)
+    OnnxSeparator(out.with_suffix(".json"))  # loads fine before tampering
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=r"tiny\.onnx: sha256 mismatch"):
+        OnnxSeparator(out.with_suffix(".json"))
+    # the torch backend checks its own file: still intact, so it loads
+    OnnxSeparator(out.with_suffix(".json"), backend="torch")
+    pt = out.with_suffix(".pt")
+    pt.write_bytes(pt.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match=r"tiny\.pt: sha256 mismatch"):
+        OnnxSeparator(out.with_suffix(".json"), backend="torch")
+
+
+def test_card_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        load_card(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ModelFileError, match="bad.json"):
+        load_card(bad)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ModelFileError, match="lacks"):
+        load_card(partial)
+    nohash = tmp_path / "nohash.json"
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    nohash.write_text(json.dumps({"name": "x", "architecture": "a", "sources": ["a"], "sample_rate": 1,
+                                  "channels": 1, "segment": 1, "files": {"onnx": {"path": "m.onnx"}}}))
+    with pytest.raises(ModelFileError, match="no sha256"):
+        model_file(load_card(nohash), "onnx")
+
+
+def test_parity_failure_raises_and_leaves_no_card(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    out = tmp_path / "strict.onnx"
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_run(run_dir, out, check_audio=real_audio, tolerance=-1.0)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="config.json"):
+        export_run(tmp_path, tmp_path / "x.onnx")

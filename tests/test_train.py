@@ -1,0 +1,130 @@
+"""The training loop on a tiny generated MUSDB-layout folder: loss goes down, resume, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+if str(PLUGINS) not in sys.path:
+    sys.path.append(str(PLUGINS))
+
+from stemcli.train.loop import simple_sdr, train  # noqa: E402
+
+torch.set_num_threads(1)
+RATE = 44100
+TINY = {
+    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
+    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
+    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
+    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
+    "final": {"channels": 8, "growth": 4, "layers": 1},
+}
+
+
+def _stems(rng: np.random.Generator, seconds: float) -> dict[str, np.ndarray]:
+    """Four stems that differ in spectrum and time structure, as a mask model can learn."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    f0 = rng.uniform(300, 600)
+    vocals = 0.3 * np.sin(2 * np.pi * f0 * t + 3 * np.sin(2 * np.pi * 5 * t))
+    hits = (t % rng.uniform(0.2, 0.3)) < 0.02
+    drums = 0.5 * rng.standard_normal(t.size) * hits
+    bass = 0.4 * np.sin(2 * np.pi * rng.uniform(50, 90) * t)
+    other = 0.15 * sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(1000, 3000, 3))
+    return {"vocals": vocals, "drums": drums, "bass": bass, "other": other}
+
+
+@pytest.fixture(scope="module")
+def tiny_musdb(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("musdb")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("valid", 1)):
+        for i in range(n):
+            folder = root / split / f"track{i}"
+            folder.mkdir(parents=True)
+            stems = _stems(rng, 3.0)
+            for name, x in stems.items():
+                sf.write(folder / f"{name}.wav", np.stack([x, 0.9 * x], 1).astype(np.float32), RATE, subtype="FLOAT")
+            mix = sum(stems.values())
+            sf.write(folder / "mixture.wav", np.stack([mix, 0.9 * mix], 1).astype(np.float32), RATE, subtype="FLOAT")
+    return root
+
+
+def _run(data: Path, out: Path, steps: int, resume: bool = False, log=lambda s: None) -> list[dict]:
+    train("mmdense", data, out, steps=steps, batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0,
+          val_every=10, val_excerpts=2, val_seconds=1.0, save_every=5, log_every=1, config=TINY,
+          resume=resume, log=log)
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_twenty_steps_lower_the_loss(tiny_musdb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    log = _run(tiny_musdb, out, 20)
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+    vals = [r for r in log if "val_sdr" in r]
+    assert [r["step"] for r in vals] == [10, 20]
+    assert set(vals[0]["val_sdr"]) == {"vocals", "drums", "bass", "other", "mean"}
+    # files: JSON config, weights-only checkpoints
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["architecture"] == "mmdense" and cfg["model"]["max_bin"] == 64
+    assert cfg["hyperparameters"]["batch"] == 4
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 20 and "optimizer" in ck
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["step"] in (10, 20) and np.isfinite(best["val_sdr"])
+
+
+def test_resume_continues_the_step_count(tiny_musdb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(tiny_musdb, out, 4)
+    with pytest.raises(ValueError, match="resume"):
+        _run(tiny_musdb, out, 6)
+    log = _run(tiny_musdb, out, 6, resume=True)
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
+    assert not list(out.glob("*.partial"))
+
+
+def test_interrupt_and_resume_match_an_uninterrupted_run(tiny_musdb: Path, tmp_path: Path) -> None:
+    """SIGINT at step 3 saves and stops; resuming restores optimizer, generators and step,
+    so the interrupted run's losses equal the uninterrupted run's."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = [r["loss"] for r in _run(tiny_musdb, a, 6) if "loss" in r]
+
+    def interrupt(line: str) -> None:
+        if line.startswith("step 3 loss"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = _run(tiny_musdb, b, 6, log=interrupt)
+    assert first[-1]["stopped"] == "signal" and first[-1]["step"] == 3
+    split = [r["loss"] for r in _run(tiny_musdb, b, 6, resume=True) if "loss" in r]
+    assert len(split) == 6
+    assert np.allclose(full, split, rtol=1e-5)
+
+
+def test_arguments_are_checked(tiny_musdb: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="steps or minutes"):
+        train("mmdense", tiny_musdb, tmp_path / "x")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        train("nosuchnet", tiny_musdb, tmp_path / "y", steps=1)
+    with pytest.raises(ValueError, match="not found"):
+        train("mmdense", tmp_path / "missing", tmp_path / "z", steps=1)
+
+
+def test_simple_sdr_known_values() -> None:
+    ref = np.random.default_rng(0).standard_normal((3, 2, 1000))
+    sdr = simple_sdr(ref, 0.5 * ref)
+    assert np.allclose(sdr, 10 * np.log10(4.0), atol=1e-6)
+    silent = simple_sdr(np.zeros((1, 2, 100)), np.ones((1, 2, 100)))
+    assert np.isnan(silent).all()

@@ -1,0 +1,130 @@
+"""STFT / ISTFT / CQT modules: round trips, agreement with torch.stft, ONNX parity."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from stemcli.transforms import CQT, ISTFT, STFT, Spectrogram
+
+torch.set_num_threads(1)
+CONFIGS = [(2048, 1024), (2048, 512), (1024, 256), (16, 4)]
+
+
+@pytest.mark.parametrize("n_fft,hop", CONFIGS)
+@pytest.mark.parametrize("length", [1, 777, 10_001])
+def test_round_trip(n_fft: int, hop: int, length: int) -> None:
+    x = torch.randn(2, 2, length, generator=torch.Generator().manual_seed(length))
+    y = ISTFT(n_fft, hop)(*STFT(n_fft, hop)(x), length)
+    assert y.shape == x.shape
+    assert torch.max(torch.abs(y - x)) < 1e-5
+
+
+@pytest.mark.parametrize("n_fft,hop", CONFIGS)
+def test_matches_torch_stft(n_fft: int, hop: int) -> None:
+    x = torch.randn(3, 2, 5000, generator=torch.Generator().manual_seed(1))
+    re, im = STFT(n_fft, hop)(x)
+    ref = torch.stft(x.reshape(6, -1), n_fft, hop, window=torch.hann_window(n_fft), center=True,
+                     pad_mode="constant", return_complex=True)
+    frames = ref.shape[-1]
+    ref = ref.reshape(3, 2, n_fft // 2 + 1, frames)
+    assert re.shape[:3] == ref.shape[:3] and re.shape[-1] in (frames, frames + 1)
+    scale = ref.abs().max()
+    assert torch.max(torch.abs(re[..., :frames] - ref.real)) < 1e-6 * scale * n_fft / 16
+    assert torch.max(torch.abs(im[..., :frames] - ref.imag)) < 1e-6 * scale * n_fft / 16
+
+
+def test_fewer_bins_equal_zero_padding() -> None:
+    x = torch.randn(1, 2, 9000, generator=torch.Generator().manual_seed(2))
+    full = STFT(512, 256).stacked(x)
+    part = STFT(512, 256, bins=96).stacked(x)
+    assert torch.allclose(part, full[:, :, :, :96], atol=1e-4)
+    padded = full.clone()
+    padded[:, :, :, 96:] = 0
+    a = ISTFT(512, 256, bins=96).stacked(part, 9000)
+    b = ISTFT(512, 256).stacked(padded, 9000)
+    assert torch.max(torch.abs(a - b)) < 1e-5
+    # and the low-passed signal differs from the input (the truncation is real)
+    assert torch.max(torch.abs(a - x)) > 1e-2
+
+
+def test_sine_peaks_at_its_bin() -> None:
+    n_fft, rate = 2048, 44100
+    k = 100
+    t = np.arange(rate) / rate
+    x = torch.from_numpy(np.sin(2 * np.pi * k * rate / n_fft * t).astype(np.float32))[None, None]
+    mag = Spectrogram(n_fft, 512)(x)
+    assert int(mag[0, 0, :, 10].argmax()) == k
+
+
+class RoundTrip(torch.nn.Module):
+    def __init__(self, n_fft: int, hop: int) -> None:
+        super().__init__()
+        self.stft, self.istft = STFT(n_fft, hop), ISTFT(n_fft, hop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        re, im = self.stft(x)
+        return self.istft(0.5 * re, 0.5 * im, x.shape[-1])
+
+
+@pytest.mark.parametrize("n_fft,hop", [(2048, 1024), (1024, 256)])
+def test_onnx_parity_dynamic_axes(tmp_path, n_fft: int, hop: int) -> None:
+    model = RoundTrip(n_fft, hop)
+    path = tmp_path / "rt.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 2, 4000),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 2: "t"}, "y": {0: "b", 2: "t"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for shape in [(1, 2, 4000), (3, 2, 12_345), (2, 2, 44_100)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = sess.run(None, {"x": x})[0]
+        want = model(torch.from_numpy(x)).numpy()
+        assert got.shape == x.shape
+        assert np.max(np.abs(got - want)) < 1e-5
+        assert np.max(np.abs(got - 0.5 * x)) < 1e-5
+
+
+def test_onnx_dynamo_exporter(tmp_path) -> None:
+    model = RoundTrip(64, 32)
+    path = tmp_path / "rt_dynamo.onnx"
+    t = torch.export.Dim("t", min=128, max=10**7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 2, 256),), str(path), dynamo=True,
+                          dynamic_shapes={"x": {2: t}}, external_data=False, verbose=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, 2, 9999)).astype(np.float32)
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert np.max(np.abs(got - 0.5 * x)) < 1e-5
+
+
+def test_cqt_peak_and_onnx(tmp_path) -> None:
+    rate = 22050
+    t = np.arange(rate) / rate
+    x = torch.from_numpy(np.sin(2 * np.pi * 440.0 * t).astype(np.float32))[None, None].repeat(1, 2, 1)
+    cqt = CQT(sample_rate=rate, hop=512, fmin=32.70, n_bins=72, bins_per_octave=12)
+    out = cqt(x)
+    assert out.shape[:3] == (1, 2, 72)
+    # A4 is 45 semitones above C1 (32.70 Hz)
+    assert int(out[0, 0, :, out.shape[-1] // 2].argmax()) == 45
+    path = tmp_path / "cqt.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(cqt, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.max(np.abs(got - out.numpy())) < 1e-4 * float(out.abs().max())
+
+
+@pytest.mark.parametrize("n_fft,hop", [(1000, 250), (2048, 2048), (2048, 3), (2048, 48)])
+def test_bad_parameters(n_fft: int, hop: int) -> None:
+    with pytest.raises(ValueError):
+        STFT(n_fft, hop)
+    with pytest.raises(ValueError):
+        ISTFT(n_fft, hop)
