@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from stemcli.audio import AudioError, find_audio_files
 
@@ -264,27 +264,23 @@ def run_batch(
             outcomes.append(p)
             report(p)
     enabled = opts.progress and sys.stderr.isatty()
-    if opts.jobs > 1 and len(jobs) > 1:
-        threads = max(1, (os.cpu_count() or 1) // opts.jobs)
-        bars = Bars(len(jobs), enabled)
-        try:
-            with ProcessPoolExecutor(opts.jobs, initializer=_worker_init, initargs=(opts, threads)) as pool:
-                futures = [pool.submit(_worker_run, j, opts) for j in jobs]
-                for fut in as_completed(futures):
-                    o = fut.result()
-                    outcomes.append(o)
-                    bars.done_file()
-                    report(o)
-        finally:
-            bars.close()
-        return outcomes
+    parallel = opts.jobs > 1 and len(jobs) > 1
     bars = Bars(len(jobs), enabled)
-    try:
-        for job in jobs:
-            o = _run_job(job, sep, opts, bars)
+
+    def collect(results: Iterable[Outcome]) -> None:
+        for o in results:
             outcomes.append(o)
             bars.done_file()
             report(o)
+
+    try:
+        if parallel:  # whole files per worker process; per-file bars only in the serial case
+            threads = max(1, (os.cpu_count() or 1) // opts.jobs)
+            with ProcessPoolExecutor(opts.jobs, initializer=_worker_init, initargs=(opts, threads)) as pool:
+                futures = [pool.submit(_worker_run, j, opts) for j in jobs]
+                collect(f.result() for f in as_completed(futures))
+        else:
+            collect(_run_job(job, sep, opts, bars) for job in jobs)
     finally:
         bars.close()
     return outcomes

@@ -42,6 +42,16 @@ class GainSeparator(Separator):
         return np.stack([0.5 * mix, 0.3 * mix, 0.2 * mix], axis=1)
 
 
+# A tiny MMDenseNet configuration for fast export/training tests.
+TINY_MMDENSE = {
+    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
+    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
+    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
+    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
+    "final": {"channels": 8, "growth": 4, "layers": 1},
+}
+
+
 def tone(seconds: float, sr: int = 44100, channels: int = 2, seed: int = 0, noise: float = 0.01) -> np.ndarray:
     """[shape=(channels, n)] float32: a chord plus a little white noise, different per channel."""
     rng = np.random.default_rng(seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,24 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-if str(PLUGINS) not in sys.path:
-    sys.path.append(str(PLUGINS))
+from stemcli.export import ExportError, export_run, update_metrics
+from stemcli.modelcard import ModelFileError, load_card, model_file, sha256_file
+from stemcli.runtime import OnnxSeparator
+from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet
 
-from stemcli.export import ExportError, export_run, update_metrics  # noqa: E402
-from stemcli.modelcard import ModelFileError, load_card, model_file, sha256_file  # noqa: E402
-from stemcli.runtime import OnnxSeparator  # noqa: E402
-from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet  # noqa: E402
+from conftest import TINY_MMDENSE as TINY
 
 torch.set_num_threads(1)
 
-TINY = {
-    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
-    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
-    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
-    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
-    "final": {"channels": 8, "growth": 4, "layers": 1},
-}
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@ and the separator (onnx and torch backends) on a tiny random-weight model."""
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -12,21 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-if str(PLUGINS) not in sys.path:  # an editable install made before the plugin existed
-    sys.path.append(str(PLUGINS))
+from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet
 
-from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet  # noqa: E402
+from conftest import TINY_MMDENSE as TINY
 
 torch.set_num_threads(1)
 
-TINY = {
-    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
-    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
-    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
-    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
-    "final": {"channels": 8, "growth": 4, "layers": 1},
-}
 
 
 def tiny_model(seed: int = 0) -> MMDenseNet:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
-if str(PLUGINS) not in sys.path:
-    sys.path.append(str(PLUGINS))
+from stemcli.train.loop import simple_sdr, train
 
-from stemcli.train.loop import simple_sdr, train  # noqa: E402
+from conftest import TINY_MMDENSE as TINY
 
 torch.set_num_threads(1)
 RATE = 44100
-TINY = {
-    "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
-    "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
-    "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
-    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
-    "final": {"channels": 8, "growth": 4, "layers": 1},
-}
 
 
 def _stems(rng: np.random.Generator, seconds: float) -> dict[str, np.ndarray]:
