@@ -63,8 +63,9 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     return run_cfg, model, info
 
 
-def _training_summary(run_dir: Path) -> dict[str, Any]:
-    """Last loss, last validation SDR per stem and total time, from ``log.jsonl``."""
+def _training_summary(run_dir: Path, weights_step: int | None = None) -> dict[str, Any]:
+    """Last loss, last validation SDR per stem and total time, from ``log.jsonl``; with
+    ``weights_step``, also the validation SDR of the exported weights (``weights_val_sdr``)."""
     out: dict[str, Any] = {}
     log = run_dir / "log.jsonl"
     if not log.is_file():
@@ -80,6 +81,8 @@ def _training_summary(run_dir: Path) -> dict[str, Any]:
         if "val_sdr" in rec:
             out["last_val_sdr"] = rec["val_sdr"]
             out["last_val_step"] = rec["step"]
+            if rec["step"] == weights_step:
+                out["weights_val_sdr"] = rec["val_sdr"]
             if rec["val_sdr"].get("mean", -np.inf) > best_mean:
                 best_mean = rec["val_sdr"]["mean"]
                 out["best_val_sdr"] = rec["val_sdr"]
@@ -235,8 +238,9 @@ def export_run(
     os.replace(tmp, pt_path)
 
     training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
+                **({"data_history": run_cfg["data_history"]} if "data_history" in run_cfg else {}),
                 "hyperparameters": run_cfg.get("hyperparameters", {}),
-                "commands": run_cfg.get("commands", []), **info, **_training_summary(run_dir)}
+                "commands": run_cfg.get("commands", []), **info, **_training_summary(run_dir, info.get("step"))}
     card = {
         "format": CARD_FORMAT,
         "name": out_onnx.stem,

@@ -118,3 +118,22 @@ def test_simple_sdr_known_values() -> None:
     assert np.allclose(sdr, 10 * np.log10(4.0), atol=1e-6)
     silent = simple_sdr(np.zeros((1, 2, 100)), np.ones((1, 2, 100)))
     assert np.isnan(silent).all()
+
+
+def test_resume_on_other_data_records_history_and_restarts_best(tiny_musdb: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_musdb, other)
+    out = tmp_path / "run"
+    kw = dict(batch=2, seconds=0.5, threads=1, seed=0, config=TINY, val_every=2, val_excerpts=1, val_seconds=0.5)
+    train("mmdense", tiny_musdb, out, steps=4, log=lambda m: None, **kw)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["val_data"] == str(tiny_musdb) and np.isfinite(ck["best"])
+    lines: list[str] = []
+    train("mmdense", other, out, steps=6, resume=True, log=lines.append, **kw)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"]["root"] == str(other)
+    assert [d["root"] for d in cfg["data_history"]] == [str(tiny_musdb), str(other)]
+    assert any("starts again" in line for line in lines)
+    assert torch.load(out / "best.pt", weights_only=True)["step"] > 4  # chosen on the new validation data

@@ -204,6 +204,10 @@ def train(
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
         run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
         run_cfg.setdefault("commands", []).append(_this_command())
+        card = data_card(data)
+        if card.get("root") != run_cfg["data"].get("root"):  # fine-tuning on other data: keep the history
+            run_cfg.setdefault("data_history", [run_cfg["data"]]).append(card)
+            run_cfg["data"] = card
     else:
         model_cfg = archs.default_config(plugin)
         model_cfg.update(config or {})
@@ -226,6 +230,10 @@ def train(
         rng.bit_generator.state = json.loads(ck["numpy_rng"])
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed {out} at step {step} ({elapsed / 60:.1f} min trained)")
+        if ck.get("val_data", str(run_cfg.get("data_history", [run_cfg["data"]])[0].get("root"))) != str(run_cfg["data"].get("root")):
+            # scores on another validation set are not comparable: the best so far starts again
+            best = -math.inf
+            log(f"validation data is now {data}: best validation SDR starts again")
 
     train_set = StemDataset(data, "train", sources, seconds=seconds, sample_rate=rate, augment=True,
                             remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]))
@@ -253,7 +261,8 @@ def train(
 
     def _save() -> None:
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                      "elapsed": elapsed, "best": best, "numpy_rng": json.dumps(rng.bit_generator.state),
+                      "elapsed": elapsed, "best": best, "val_data": str(run_cfg["data"].get("root")),
+                      "numpy_rng": json.dumps(rng.bit_generator.state),
                       "torch_rng": torch.get_rng_state()}, ckpt_path)
 
     def _validate() -> None:
