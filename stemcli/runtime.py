@@ -86,7 +86,8 @@ class OnnxSeparator(Separator):
         model: card path (``.json``), model path (``.onnx``, its card next to it), a model name
             in the models folder, or ``None`` for ``default_model``.
         backend: ``"onnx"`` (onnxruntime) or ``"torch"``.
-        threads: CPU threads (default: all cores).
+        threads: CPU threads (default: ``$STEMCLI_THREADS`` if set, e.g. by ``--jobs`` workers or
+            MPI ranks, else all cores).
         parallel: ``"time"`` (default): ``threads`` single-threaded onnxruntime sessions on
             time parts of long inputs; ``"intra"``: one session with ``threads`` intra-op threads.
     """
@@ -100,6 +101,11 @@ class OnnxSeparator(Separator):
             raise ValueError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
         if parallel not in PARALLEL:
             raise ValueError(f"unknown parallel mode '{parallel}' (choose from {', '.join(PARALLEL)})")
+        if threads is None and os.environ.get("STEMCLI_THREADS", "").strip():
+            env = os.environ["STEMCLI_THREADS"].strip()
+            if not env.isdigit():
+                raise ValueError(f"STEMCLI_THREADS must be a whole number, got '{env}'")
+            threads = int(env)
         if threads is not None and int(threads) < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         card = load_card(find_card(model, self.default_model))

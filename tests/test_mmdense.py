@@ -165,3 +165,18 @@ def test_time_parallel_equals_whole_input(tmp_path) -> None:
     assert np.max(np.abs(parts.sum(1) - x)) < 1e-5
     intra = MMDenseSeparator(tmp_path / "m.json", threads=2, parallel="intra").separate(x)
     assert np.max(np.abs(intra - whole)) < 1e-5
+
+
+def test_threads_follow_stemcli_threads(monkeypatch) -> None:
+    """--jobs workers and MPI ranks set STEMCLI_THREADS; the model must not take every core."""
+    from stemcli.runtime import OnnxSeparator
+
+    monkeypatch.setenv("STEMCLI_THREADS", "1")
+    one = OnnxSeparator("mmdense")
+    assert one.threads == 1 and one.workers == 1
+    monkeypatch.setenv("STEMCLI_THREADS", "2")
+    assert OnnxSeparator("mmdense").workers == 2
+    assert OnnxSeparator("mmdense", threads=1).workers == 1  # an explicit argument wins
+    monkeypatch.setenv("STEMCLI_THREADS", "lots")
+    with pytest.raises(ValueError, match="STEMCLI_THREADS"):
+        OnnxSeparator("mmdense")
