@@ -290,7 +290,7 @@ def test_karaoke_default_model_on_rendered_song(rendered_song):
     assert effect.separator.name == "mmdense"
     drop = _vocal_drop(effect, rendered_song)
     print(f"karaoke (mmdense) on a rendered song: vocal energy drop {drop:.1f} dB")
-    assert drop > 3.0
+    assert drop > 6.0  # measured 10.7 dB (first model) and 11.3 dB (shipped model)
     mix = sum(rendered_song.values())
     louder = StemGain(effect.separator, vocals=+6)(mix, SR)
     assert energy_db(louder - (mix - rendered_song["vocals"])) > energy_db(rendered_song["vocals"]) + 2.0
