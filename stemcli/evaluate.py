@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from stemcli import oracle as oracle_mod
+from stemcli.audio import fit_length
 
 METRICS = ("SDR", "SIR", "SAR", "ISR")
 MUSDB_ORDER = ("vocals", "drums", "bass", "other", "accompaniment")
@@ -114,12 +115,6 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(rate)
 
 
-def _fit(x: np.ndarray, n: int) -> np.ndarray:
-    if x.shape[-1] >= n:
-        return x[..., :n]
-    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
-
-
 def _match(x: np.ndarray, ref_rate: int, rate: int, channels: int, n: int, path: Path, what: str) -> np.ndarray:
     """Check an estimate/reference against the mixture's rate and layout; fit its length."""
     if rate != ref_rate:
@@ -129,7 +124,7 @@ def _match(x: np.ndarray, ref_rate: int, rate: int, channels: int, n: int, path:
             x = np.repeat(x, channels, axis=0)
         else:
             raise EvaluationError(f"{path}: {what} has {x.shape[0]} channels but the mixture has {channels}")
-    return _fit(x, n)
+    return fit_length(x, n)
 
 
 def read_track(folder: Path) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
@@ -417,7 +412,7 @@ def evaluate(
                 assert separator is not None
                 common = _common(list(separator.sources), available, f"model '{label}'", folder, say)
                 raw = api.separate(mixture, rate, model=separator, stems=common)
-                ests = {s: _fit(np.asarray(raw[s], dtype=np.float32).reshape(channels, -1), n) for s in common}
+                ests = {s: fit_length(np.asarray(raw[s], dtype=np.float32).reshape(channels, -1), n) for s in common}
             per_track[folder.name] = _track_scores(bss_eval({s: refs[s] for s in common}, ests, rate, window))
         if run_oracle:
             ora = oracle_mod.oracle_separate(mixture, refs, n_fft=o_fft, hop=o_hop, power=power)
