@@ -4,9 +4,10 @@ Measures, in one invocation and on generated audio (nothing downloaded):
 
 * wall time of ``stemcli separate`` with 1 rank (a plain single process, one separator thread,
   like one MPI rank) and under ``mpiexec -n N`` (default N = 2), for a 3-minute song (the song
-  is split across ranks chunk by chunk) and for a folder of 8 songs of 30 s (files spread
+  is split across ranks chunk by chunk) and for a folder of 8 songs of 3 minutes (files spread
   across ranks); speedup, parallel efficiency and throughput (seconds of audio per second);
-* per-chunk compute time, rank 0's write time and the Gatherv transfer cost (from
+* per-chunk compute time, write times, samples each rank wrote in place, and the Gatherv
+  transfer cost (from
   ``STEMCLI_MPI_STATS``), plus a clean Gatherv probe in MB/s;
 * a small Amdahl-style model extrapolating the 3-minute song to 16 and 32 ranks.
 
@@ -166,7 +167,7 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--song-seconds", type=float, default=180.0)
     ap.add_argument("--folder-songs", type=int, default=8)
-    ap.add_argument("--folder-seconds", type=float, default=30.0)
+    ap.add_argument("--folder-seconds", type=float, default=180.0)
     ap.add_argument("--json", type=Path, default=None, help="write all measurements here")
     ap.add_argument("--workdir", type=Path, default=None, help="keep audio and outputs here (default: temp)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration; the fastest counts")
@@ -264,12 +265,16 @@ def main() -> None:
     print("  wall/speedup: measured on this (shared) machine; cpu s: CPU of all processes; crit s: CPU of the\n"
           "  busiest rank (start-up included); proj.: crit(1)/crit(N), the speedup on dedicated cores;\n"
           "  x realtime = audio s / wall s; RTF = wall s / audio s; max|diff| vs the 1-rank stems (float32 WAV)")
+    writes = ", ".join(f"{s_['write_s']:.2f}" for s_ in song_stats)
+    inplace = ", ".join(str(s_.get("in_place_samples", 0)) for s_ in song_stats)
     print("\nmodel inputs (3-min song, split mode):")
     print(f"  chunks {n_chunks}, CPU per chunk {t_chunk:.3f} s ({seg:g} s + {2 * sep.context:g} s context; "
           f"{per_s:.4f} s per second of audio); wall per chunk in the {a.ranks}-rank run {t_chunk_wall:.3f} s; "
           f"CPU per chunk alone {t_chunk_alone:.3f} s")
     print(f"  serial part = rank 0 CPU outside chunks {serial:.2f} s (other ranks {', '.join(f'{o:.2f}' for o in others)} s); "
-          f"rank 0 wall in receive+write {r0['write_s']:.2f} s, setup {r0['setup_s']:.2f} s; "
+          f"write (own samples in place + rank 0's borders) per rank {writes} s, "
+          f"samples written in place per rank {inplace}; "
+          f"setup {r0['setup_s']:.2f} s; "
           f"mpiexec launch ({a.ranks} ranks) {launch:.2f} s")
     print(f"  Gatherv to rank 0: {gather_mb:.1f} MB in {r0['gather_s']:.3f} s inline ({inline_s_per_mb * 1e3:.2f} ms/MB); "
           f"probe {comm['s_per_mb'] * 1e3:.2f} ms/MB; sync wait rank 0 {r0['sync_s']:.2f} s")

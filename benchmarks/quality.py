@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", default=None, help="Open-Unmix baseline: card .json / .onnx path or registered name")
     ap.add_argument("--backend", default=None, help="onnx (default) or torch")
     ap.add_argument("--tracks", type=int, default=None, help="only the first N tracks (quick look)")
+    ap.add_argument("--wiener", type=int, default=0,
+                    help="multichannel Wiener post-filter iterations, applied to the default model and the baseline alike")
     ap.add_argument("--n-fft", type=int, default=None, help="oracle STFT size (default: the model's, else 4096)")
     ap.add_argument("--hop", type=int, default=None, help="oracle STFT hop (default: the model's, else 1024)")
     ap.add_argument("--json", type=Path, help="write all results here")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     config = (card or {}).get("config", {})
     n_fft = args.n_fft or config.get("n_fft")  # else evaluate() asks the separator, else 4096/1024
     hop = args.hop or config.get("hop") or config.get("hop_length")
-    common = dict(data=args.data, split=args.split, backend=args.backend, tracks=args.tracks)
+    common = dict(data=args.data, split=args.split, backend=args.backend, tracks=args.tracks, wiener=args.wiener)
 
     print(f"== default model: {args.model} (+ oracle at its STFT) ==", flush=True)
     main_res = evaluate(args.model, oracle=True, n_fft=n_fft, hop=hop, plot_out=args.plot, **common)

@@ -34,15 +34,24 @@ def default_model() -> str:
     return PREFERRED_DEFAULT if PREFERRED_DEFAULT in registry() else FALLBACK_MODEL
 
 
-def get_separator(model: str | Path | Separator | None = None, backend: str | None = None, **options: Any) -> Separator:
+def get_separator(model: str | Path | Separator | None = None, backend: str | None = None, wiener: int = 0,
+                  **options: Any) -> Separator:
     """Resolve ``model`` to a ready :class:`Separator`.
 
     Args:
         model: a registered name (``stemcli list``), a path to a model card (``.json``) or
             ``.onnx`` file exported by ``stemcli export``, or a Separator instance.
         backend: ``"onnx"`` or ``"torch"`` for model-based separators.
+        wiener: iterations of the multichannel Wiener post-filter (:mod:`stemcli.wiener`);
+            0 = none.
         **options: extra constructor options.
     """
+    if wiener:
+        from stemcli.wiener import WienerSeparator
+
+        if int(wiener) < 0:
+            raise ValueError(f"--wiener must be >= 0 iterations, got {wiener}")
+        return WienerSeparator(get_separator(model, backend, 0, **options), int(wiener))
     if isinstance(model, Separator):
         return model
     if model is None:
@@ -85,6 +94,7 @@ def separate(
     segment: float | None = None,
     overlap: float = 0.25,
     backend: str | None = None,
+    wiener: int = 0,
 ) -> dict[str, np.ndarray]:
     """Separate an in-memory signal.
 
@@ -95,11 +105,13 @@ def separate(
         stems: the stems wanted (default: all).
         segment: chunk length in seconds (default: the model's).
         overlap: chunk overlap fraction in [0, 1).
+        backend: ``"onnx"`` or ``"torch"`` for model-based separators.
+        wiener: multichannel Wiener post-filter iterations (0 = none).
 
     Returns:
         stem name -> [shape=audio.shape] float32, at ``sample_rate``.
     """
-    sep = get_separator(model, backend)
+    sep = get_separator(model, backend, wiener)
     wanted = check_stems(sep, stems)
     sep.select_sources(wanted)
     x = np.asarray(audio)

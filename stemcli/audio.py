@@ -277,6 +277,16 @@ def temp_path_for(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial-{os.getpid()}{final.suffix}")
 
 
+SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's sndfile.h
+
+
+def no_peak_chunk(f: sf.SoundFile) -> None:
+    """Ask libsndfile not to write a float WAV's ``PEAK`` chunk (it holds a timestamp, and the
+    peaks of whatever this handle wrote): the same stems then make the same bytes, whether
+    written in one pass or in ranges by several processes.  Call before the first write."""
+    sf._snd.sf_command(f._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+
+
 class StemWriter:
     """Write stems incrementally to temporary files, then rename them all at :meth:`commit`.
 
@@ -310,6 +320,8 @@ class StemWriter:
         self._files: dict[str, sf.SoundFile] = {}
         self._temps: dict[str, Path] = {}
         self._resamplers: dict[str, Resampler] = {}
+        self.fmt = fmt
+        self.preallocated = False
         try:
             for stem, final in self.outputs.items():
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +330,7 @@ class StemWriter:
                 self._files[stem] = sf.SoundFile(
                     str(tmp), "w", rate_out, channels_out, subtype=SUBTYPES[(fmt, bit_depth)], format=FORMATS[fmt]
                 )
+                no_peak_chunk(self._files[stem])
                 if rate_in != rate_out:
                     self._resamplers[stem] = Resampler(rate_in, rate_out, channels_out)
         except OSError as exc:
@@ -344,9 +357,31 @@ class StemWriter:
                 block = r.process(block)
             self._put(stem, block)
 
+    def preallocate(self) -> dict[str, Path]:
+        """Give every temporary file its final length (silence) and close it, so that other
+        processes can fill sample ranges in place (:class:`RangeWriter`) before :meth:`commit`.
+
+        Only for WAV output at the input rate (no resampler state to carry across blocks).
+
+        Returns:
+            stem -> temporary path.
+        """
+        if self.fmt != "wav" or self.rate_in != self.rate_out:
+            raise ValueError("preallocate needs WAV output at the separation sample rate")
+        if any(self.written.values()):
+            raise ValueError("preallocate must come before any write")
+        for stem, f in self._files.items():
+            if self.frames_out:
+                f.seek(self.frames_out - 1)
+                f.write(np.zeros((1, self.channels_out), np.float32))
+                self.written[stem] = self.frames_out
+            f.close()
+        self.preallocated = True
+        return dict(self._temps)
+
     def commit(self) -> dict[str, Path]:
         """Flush, pad to the exact length, close and rename every stem to its final name."""
-        for stem, f in self._files.items():
+        for stem, f in ({} if self.preallocated else self._files).items():
             r = self._resamplers.get(stem)
             if r is not None:
                 self._put(stem, r.process(None))
@@ -372,6 +407,46 @@ class StemWriter:
             except FileNotFoundError:
                 pass
         self._temps.clear()
+
+
+class RangeWriter:
+    """Fill sample ranges of files made by :meth:`StemWriter.preallocate`, in place.
+
+    Byte-for-byte the same file as appending the same blocks in order with :class:`StemWriter`
+    (the sample conversion is per sample).  Used by MPI ranks to write their own parts.
+
+    Args:
+        temps: stem -> preallocated temporary file.
+        channels_out: channels of the files; blocks are converted to it.
+        frames_out: length of the files; samples beyond it are dropped.
+    """
+
+    def __init__(self, temps: Mapping[str, Path], channels_out: int, frames_out: int) -> None:
+        self.channels_out, self.frames_out = channels_out, frames_out
+        self._files: dict[str, sf.SoundFile] = {}
+        try:
+            for stem, path in temps.items():
+                self._files[stem] = sf.SoundFile(str(path), "r+")
+                no_peak_chunk(self._files[stem])
+        except (OSError, RuntimeError) as exc:
+            self.close()
+            raise AudioError(f"{path}: cannot open for writing in place ({exc})") from None
+
+    def write_at(self, start: int, stems: Mapping[str, np.ndarray]) -> None:
+        """Args:
+            start: first sample of the blocks.
+            stems: stem -> [shape=(channels, n)] float32.
+        """
+        for stem, f in self._files.items():
+            block = convert_channels(stems[stem], self.channels_out)[:, : max(0, self.frames_out - start)]
+            if block.shape[1]:
+                f.seek(start)
+                f.write(np.ascontiguousarray(block.T))
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
 
 
 def find_audio_files(inputs: Sequence[str | Path]) -> list[Path]:

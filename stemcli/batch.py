@@ -136,6 +136,7 @@ class BatchOptions:
     force: bool = False
     jobs: int = 1
     progress: bool = True
+    wiener: int = 0
 
 
 def validate_options(opts: BatchOptions) -> None:
@@ -153,6 +154,8 @@ def validate_options(opts: BatchOptions) -> None:
         raise ValueError(f"--segment must be positive seconds, got {opts.segment}")
     if opts.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {opts.jobs}")
+    if opts.wiener < 0:
+        raise ValueError(f"--wiener must be >= 0 iterations, got {opts.wiener}")
     if (opts.fmt, opts.bit_depth) not in SUBTYPES:
         raise ValueError(f"--format {opts.fmt} does not support --bit-depth {opts.bit_depth}")
 
@@ -224,7 +227,7 @@ def _worker_init(opts: BatchOptions, threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["STEMCLI_THREADS"] = str(threads)
     from stemcli.api import get_separator
 
-    _WORKER["sep"] = get_separator(opts.model, opts.backend)
+    _WORKER["sep"] = get_separator(opts.model, opts.backend, opts.wiener)
     if opts.stems:
         _WORKER["sep"].select_sources(list(opts.stems))
 
@@ -251,7 +254,7 @@ def run_batch(
     from stemcli.api import check_stems, get_separator
 
     validate_options(opts)
-    sep = get_separator(opts.model, opts.backend)
+    sep = get_separator(opts.model, opts.backend, opts.wiener)
     stems = check_stems(sep, opts.stems)
     sep.select_sources(stems)
     files = find_audio_files(inputs)

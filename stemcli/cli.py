@@ -41,11 +41,12 @@ def cli() -> None:
 @click.option("--segment", type=float, default=None, help="Chunk length in seconds (default: the model's).")
 @click.option("--overlap", type=float, default=0.25, show_default=True, help="Chunk overlap fraction in [0, 1).")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None, help="Runtime for model-based separators (default onnx).")
+@click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")
 @click.option("--force", is_flag=True, help="Overwrite existing stems.")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="Files processed in parallel.")
 @click.option("--distributed/--no-distributed", default=None, help="Fan out over MPI ranks (automatic under mpiexec with more than one rank).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-file lines.")
-def separate(inputs, model, outdir, stems, fmt, bit_depth, template, segment, overlap, backend, force, jobs, distributed, quiet) -> None:
+def separate(inputs, model, outdir, stems, fmt, bit_depth, template, segment, overlap, backend, wiener, force, jobs, distributed, quiet) -> None:
     """Separate audio files or folders (recursively) into stems.
 
     Writes OUTDIR/{track}/{stem}.{ext} (the MUSDB layout) at the input's sample rate and
@@ -57,6 +58,7 @@ def separate(inputs, model, outdir, stems, fmt, bit_depth, template, segment, ov
     opts = BatchOptions(
         model=model, backend=backend, outdir=outdir, stems=_stems_option(stems), fmt=fmt, bit_depth=int(bit_depth),
         template=template, segment=segment, overlap=overlap, force=force, jobs=jobs, progress=not quiet,
+        wiener=wiener,
     )
     runner, root = run_batch, True
     if distributed is not False:
@@ -212,17 +214,18 @@ def export_cmd(run_dir, output, check_audio, force) -> None:
 @click.option("--oracle", is_flag=True, help="Score the ideal-ratio-mask oracle (the upper bound of a mask model).")
 @click.option("--tracks", type=int, default=None, help="Only the first N tracks.")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None)
+@click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-q", "--quiet", is_flag=True)
-def evaluate(model, data, split, estimates, oracle, tracks, backend, json_out, plot_out, quiet) -> None:
+def evaluate(model, data, split, estimates, oracle, tracks, backend, wiener, json_out, plot_out, quiet) -> None:
     """BSS Eval v4 (museval): SDR/SIR/SAR/ISR per stem, median over frames then tracks."""
     from stemcli.evaluate import evaluate as run_eval
     from stemcli.plugins import SeparatorError
 
     try:
         run_eval(model, data, split=split, estimates=estimates, json_out=json_out, plot_out=plot_out, backend=backend,
-                 progress=not quiet, tracks=tracks, oracle=oracle, echo=click.echo)
+                 progress=not quiet, tracks=tracks, oracle=oracle, wiener=wiener, echo=click.echo)
     except (SeparatorError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 

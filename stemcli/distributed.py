@@ -12,12 +12,16 @@ Two modes, chosen from the plan (identical on every rank, because rank 0 plans a
 * **Split** (fewer files than ranks): each file's chunk plan is cut into rounds; within a round
   every rank runs one contiguous range of chunks and accumulates the weighted outputs and the
   weights (:meth:`~stemcli.chunking.OverlapAdd.raw`) over the samples that range covers.  The
-  interior no other rank touches is normalised on the rank and sent as float32; the two
-  borders shared with neighbours are sent as float64 sums.  One ``Gatherv`` per round brings
-  them to rank 0, which adds the borders, divides, and writes the finished samples through the
-  same ``StemWriter`` (same resampling and channel mapping) as the single-process path: the
-  same sums in the same order, so the same stems.  A round holds at most
-  ``STEMCLI_MPI_REGION_MB`` (default 256) MiB of sums, whatever the song length.
+  interior no other rank touches is normalised on the rank; the two borders shared with
+  neighbours travel as float64 sums to rank 0 (one ``Gatherv`` per round), which adds them in a
+  fixed order and normalises them.  For WAV output at the separation rate (the common case)
+  rank 0 preallocates the temporary stem files and every rank writes its interiors into them
+  itself (:class:`~stemcli.audio.RangeWriter`), so only a few MB cross ranks; otherwise (FLAC,
+  or resampling back to the file's rate) the interiors travel as float32 too and rank 0 writes
+  everything in order through the same ``StemWriter`` as the single-process path.  Either way:
+  the same sums in the same order, so the same stems, and nothing under a final name until
+  every rank has finished.  A round holds at most ``STEMCLI_MPI_REGION_MB`` (default 256) MiB
+  of sums per rank set, whatever the song length.
 
 Failures never hang the world: every rank catches its own exception, and all ranks exchange an
 error flag (``allgather``) at each sync point, so a failing rank turns into a failed
@@ -140,6 +144,7 @@ class RankStats:
     gather_bytes: int = 0  # split mode: bytes received (rank 0) or sent (others)
     write_s: float = 0.0  # split mode, rank 0: add, normalise, resample, write, commit
     open_s: float = 0.0  # split mode: probe + open (+ resample to temp) of the input
+    in_place_samples: int = 0  # split mode: samples this rank wrote into the output files itself
     files: int = 0  # file mode: files this rank separated
     file_s: float = 0.0  # file mode: time in separate_file
     total_s: float = 0.0
@@ -251,7 +256,7 @@ def _run(comm: Any, MPI: Any, inputs: Sequence[str | Path], opts: "BatchOptions"
         from stemcli.api import check_stems, get_separator
 
         validate_options(opts)
-        sep = get_separator(opts.model, opts.backend)
+        sep = get_separator(opts.model, opts.backend, opts.wiener)
         stems = check_stems(sep, opts.stems)
         sep.select_sources(stems)
         if rank == 0:
@@ -515,6 +520,62 @@ def _unpack(buf: "np.ndarray", share: Share, rows: int) -> tuple["np.ndarray", "
     return left, inner, right
 
 
+def _zones(pieces: list[tuple[int, "np.ndarray"]], rows: int) -> list[tuple[int, "np.ndarray"]]:
+    """Merge overlapping ``(start, sums)`` pieces into zones, adding each zone's members in
+    the order given (not position order), so every rank count adds in the same order.
+
+    Returns:
+        ``(start, sums [shape=(rows, n)])`` per zone, by position.
+    """
+    import numpy as np
+
+    order = sorted(range(len(pieces)), key=lambda k: pieces[k][0])  # stable: keeps addition order
+    spans: list[tuple[int, int, list[int]]] = []
+    for k in order:
+        lo, hi = pieces[k][0], pieces[k][0] + pieces[k][1].shape[1]
+        if hi <= lo:
+            continue
+        if spans and lo < spans[-1][1]:
+            zlo, zhi, members = spans[-1]
+            spans[-1] = (zlo, max(zhi, hi), members + [k])
+        else:
+            spans.append((lo, hi, [k]))
+    zones = []
+    for zlo, zhi, members in spans:
+        z = np.zeros((rows, zhi - zlo))
+        for k in sorted(members):  # addition order of the caller, not position order
+            lo, sums = pieces[k]
+            z[:, lo - zlo : lo - zlo + sums.shape[1]] += sums
+        zones.append((zlo, z))
+    return zones
+
+
+def border_blocks(pieces: list[tuple[int, "np.ndarray"]], upto: int, sources: int,
+                  channels: int) -> tuple[list[tuple[int, "np.ndarray"]], list[tuple[int, "np.ndarray"]]]:
+    """Rank 0 in in-place mode: the finished border zones of a round (interiors are written by
+    their ranks).
+
+    Args:
+        pieces: ``(start, sums [shape=(rows, n)])`` border sums, in addition order.
+        upto: samples before it are final (no later chunk covers them).
+
+    Returns:
+        ``(start, audio [shape=(sources, channels, n)] float32)`` per finished zone, and the
+        carry: ``(start, sums)`` at or beyond ``upto``, for the next round.
+    """
+    out, carry = [], []
+    for zlo, z in _zones(pieces, sources * channels + 1):
+        n = z.shape[1]
+        if zlo >= upto:
+            carry.append((zlo, z))
+            continue
+        cut = min(n, upto - zlo)
+        out.append((zlo, normalise(z[:, :cut], sources, channels)))
+        if cut < n:
+            carry.append((upto, z[:, cut:]))
+    return out, carry
+
+
 def assemble(pieces: list[tuple[int, "np.ndarray"]], inners: list[tuple[int, "np.ndarray"]], start: int,
              upto: int, sources: int, channels: int) -> tuple[list["np.ndarray"], list[tuple[int, "np.ndarray"]]]:
     """Rank 0: turn one round's borders (sums) and interiors (float32) into ordered audio.
@@ -534,24 +595,7 @@ def assemble(pieces: list[tuple[int, "np.ndarray"]], inners: list[tuple[int, "np
     import numpy as np
 
     rows = sources * channels + 1
-    order = sorted(range(len(pieces)), key=lambda k: pieces[k][0])  # stable: keeps addition order
-    zones: list[tuple[int, int, list[int]]] = []
-    for k in order:
-        lo, hi = pieces[k][0], pieces[k][0] + pieces[k][1].shape[1]
-        if hi <= lo:
-            continue
-        if zones and lo < zones[-1][1]:
-            zlo, zhi, members = zones[-1]
-            zones[-1] = (zlo, max(zhi, hi), members + [k])
-        else:
-            zones.append((lo, hi, [k]))
-    items: list[tuple[int, int, Any]] = []
-    for zlo, zhi, members in zones:
-        z = np.zeros((rows, zhi - zlo))
-        for k in sorted(members):  # addition order of the caller, not position order
-            lo, sums = pieces[k]
-            z[:, lo - zlo : lo - zlo + sums.shape[1]] += sums
-        items.append((zlo, 0, z))
+    items: list[tuple[int, int, Any]] = [(zlo, 0, z) for zlo, z in _zones(pieces, rows)]
     items += [(lo, 1, a) for lo, a in inners if a.shape[1]]
     items.sort(key=lambda it: (it[0], it[1]))
     blocks: list[np.ndarray] = []
@@ -578,21 +622,43 @@ def assemble(pieces: list[tuple[int, "np.ndarray"]], inners: list[tuple[int, "np
     return blocks, carry
 
 
+def in_place_ok(fmt: str, sep_rate: int, file_rate: int) -> bool:
+    """Whether split mode can let every rank write its own samples into the output files: WAV
+    (seekable) at the separation rate (no resampler whose state crosses rank boundaries).
+    ``STEMCLI_MPI_GATHER=1`` forces the gather-to-rank-0 path."""
+    if os.environ.get("STEMCLI_MPI_GATHER", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    return fmt == "wav" and sep_rate == file_rate
+
+
+def _border_bytes(share: Share, rows: int) -> int:
+    return 8 * rows * (share.e0 - share.lo + share.hi - share.e1)
+
+
 def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOptions", bars: Any,
                stats: RankStats) -> "Outcome":
-    """Separate one file with its chunks spread over all ranks; rank 0 writes it."""
+    """Separate one file with its chunks spread over all ranks.
+
+    In-place mode (:func:`in_place_ok`): rank 0 preallocates the temporary stem files, every
+    rank writes the interior of its share itself, and only the borders (float64 sums shared
+    with neighbours, a few MB) travel to rank 0, which adds, normalises and writes them.
+    Otherwise (FLAC, or resampling back to the file's rate) interiors travel too, as float32,
+    and rank 0 writes everything in order through :class:`~stemcli.audio.StemWriter`.
+    """
     import numpy as np
 
     from stemcli.api import check_stems
-    from stemcli.audio import FileSource, StemWriter, probe
+    from stemcli.audio import FileSource, RangeWriter, StemWriter, probe
     from stemcli.batch import Outcome
     from stemcli.pipeline import plan_for
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    src = writer = None
+    src = writer = ranged = None
     err: str | None = None
     chunks: list = []
     committed = False
+    inplace = False
+    temps = None
     t = time.perf_counter()
     try:
         info = probe(job.input)
@@ -601,17 +667,29 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
         sep.select_sources(wanted)
         src = FileSource(info, sep.sample_rate, sep.channels)
         chunks = plan_for(sep, src.frames, opts.segment, opts.overlap)
+        inplace = in_place_ok(opts.fmt, sep.sample_rate, info.sample_rate)
         if rank == 0:
             writer = StemWriter(job.outputs, sep.sample_rate, info.sample_rate, sep.channels, info.channels,
                                 info.frames, opts.fmt, opts.bit_depth)
+            if inplace:
+                temps = writer.preallocate()
             bars.start_file(job.input.name, info.duration)
     except Exception as exc:
         err = _describe(exc)
-    stats.open_s += time.perf_counter() - t
     try:
         errors = _agree(comm, err)
         if errors:
             raise _Failure(_file_message(job.input, errors, size))
+        if inplace:
+            temps = comm.bcast(temps, root=0)
+            try:
+                ranged = RangeWriter(temps, info.channels, info.frames)
+            except Exception as exc:
+                err = _describe(exc)
+            errors = _agree(comm, err)
+            if errors:
+                raise _Failure(_file_message(job.input, errors, size))
+        stats.open_s += time.perf_counter() - t
         S, C = len(sep.sources), sep.channels
         rows = S * C + 1
         index = {s: sep.sources.index(s) for s in job.outputs}
@@ -625,7 +703,19 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
             if err is None and shares[rank] is not None:
                 try:
                     sums = _rank_sums(sep, src, chunks, *ranges[rank], stats)
-                    send = _pack(sums, shares[rank], S, C)
+                    sh = shares[rank]
+                    if inplace:
+                        tw = time.perf_counter()
+                        if sh.e1 > sh.e0:
+                            inner = normalise(sums[:, sh.e0 - sh.lo : sh.e1 - sh.lo], S, C)
+                            ranged.write_at(sh.e0, {s: inner[i] for s, i in index.items()})
+                            stats.in_place_samples += sh.e1 - sh.e0
+                        stats.write_s += time.perf_counter() - tw
+                        left, right = sums[:, : sh.e0 - sh.lo], sums[:, sh.e1 - sh.lo :]
+                        send = np.concatenate([np.ascontiguousarray(x).view(np.uint8).ravel() for x in (left, right)])
+                    else:
+                        send = _pack(sums, sh, S, C)
+                    del sums
                 except Exception as exc:
                     err = _describe(exc)
             ts = time.perf_counter()
@@ -633,7 +723,8 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
             stats.sync_s += time.perf_counter() - ts
             if errors:
                 raise _Failure(_file_message(job.input, errors, size))
-            counts = [0 if sh is None else sh.nbytes(rows) for sh in shares]
+            nbytes = _border_bytes if inplace else (lambda sh, rows: sh.nbytes(rows))
+            counts = [0 if sh is None else nbytes(sh, rows) for sh in shares]
             displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
             recv = np.empty(sum(counts), np.uint8) if rank == 0 else None
             tg = time.perf_counter()
@@ -646,20 +737,42 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
                     pieces = list(carry)
                     inners = []
                     for r, sh in enumerate(shares):
-                        if sh is not None:
-                            left, inner, right = _unpack(recv[displs[r] : displs[r] + counts[r]], sh, rows)
+                        if sh is None:
+                            continue
+                        buf = recv[displs[r] : displs[r] + counts[r]]
+                        if inplace:
+                            nl = 8 * rows * (sh.e0 - sh.lo)
+                            pieces += [(sh.lo, buf[:nl].view(np.float64).reshape(rows, -1)),
+                                       (sh.e1, buf[nl:].view(np.float64).reshape(rows, -1))]
+                        else:
+                            left, inner, right = _unpack(buf, sh, rows)
                             pieces += [(sh.lo, left), (sh.e1, right)]
                             inners.append((sh.e0, inner))
                     upto = chunks[stop].start if stop < len(chunks) else src.frames
-                    blocks, carry = assemble(pieces, inners, written, upto, S, C)
-                    for block in blocks:
-                        writer.write({s: block[i] for s, i in index.items()})
+                    if inplace:
+                        done, carry = border_blocks(pieces, upto, S, C)
+                        for start, block in done:
+                            ranged.write_at(start, {s: block[i] for s, i in index.items()})
+                            stats.in_place_samples += block.shape[-1]
+                    else:
+                        blocks, carry = assemble(pieces, inners, written, upto, S, C)
+                        for block in blocks:
+                            writer.write({s: block[i] for s, i in index.items()})
                     bars.advance((upto - written) / sep.sample_rate)
                     written = upto
                 except Exception as exc:
                     err = _describe(exc)  # told to the others at the next agreement
                 stats.write_s += time.perf_counter() - tw
-        if rank == 0 and err is None:
+        if ranged is not None:
+            try:
+                ranged.close()
+            except Exception as exc:
+                err = err or _describe(exc)
+            ranged = None
+        errors = _agree(comm, err)  # every rank's samples are on disk before rank 0 renames
+        if errors:
+            raise _Failure(_file_message(job.input, errors, size))
+        if rank == 0:
             tw = time.perf_counter()
             try:
                 outs = writer.commit()
@@ -674,6 +787,8 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
     except _Failure as fail:
         return Outcome(job.input, "failed", str(fail))
     finally:
+        if ranged is not None:
+            ranged.close()
         if writer is not None and not committed:
             writer.abort()
         if src is not None:

@@ -283,6 +283,7 @@ def _track_scores(frames: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, d
 def _stft_of(separator: Any, n_fft: int | None, hop: int | None) -> tuple[int, int]:
     """The oracle's STFT: explicit values, else the separator's (attributes ``n_fft``/``hop`` or its
     model card's ``config``), else 4096/1024."""
+    separator = getattr(separator, "inner", separator)  # a post-filter's model, not the filter
     card = getattr(separator, "card", None)
     config = card.get("config", {}) if isinstance(card, Mapping) else {}
     n = n_fft or getattr(separator, "n_fft", None) or config.get("n_fft") or oracle_mod.DEFAULT_N_FFT
@@ -328,6 +329,7 @@ def evaluate(
     tracks: Sequence[str] | int | None = None,
     *,
     oracle: bool = False,
+    wiener: int = 0,
     n_fft: int | None = None,
     hop: int | None = None,
     power: float = oracle_mod.DEFAULT_POWER,
@@ -346,6 +348,7 @@ def evaluate(
         json_out: write the full result (per-frame values included) here.
         plot_out: write box plots (one panel per metric, one box per stem) here (PNG/PDF/SVG).
         backend: ``"onnx"`` or ``"torch"`` for model-based separators.
+        wiener: multichannel Wiener post-filter iterations after the model (0 = none).
         progress: show a progress bar (stderr).
         tracks: only these track names, or the first N tracks.
         oracle: also score the ideal-ratio-mask oracle and report the gap to it.
@@ -384,7 +387,7 @@ def evaluate(
     else:
         from stemcli import api  # loads the separator stack only when a model runs
 
-        separator = api.get_separator(model, backend)
+        separator = api.get_separator(model, backend, wiener)
         label = separator.name or str(model)
     o_fft, o_hop = _stft_of(separator, n_fft, hop)
     run_oracle = oracle or use_oracle_only

@@ -5,9 +5,12 @@
 1. rebuilds the architecture from ``run_dir/config.json`` and loads ``best.pt`` (the best
    validation SDR; ``checkpoint.pt`` if there is no ``best.pt``), with ``weights_only=True``;
 2. exports one self-contained ONNX file (legacy TorchScript exporter, opset 17, no external
-   data file) with dynamic ``batch`` and ``time`` axes: input ``mix [batch, channels, time]``,
-   output ``stems [batch, sources, channels, time]``;
-3. runs onnxruntime and torch on random audio and on real audio (``check_audio``, else an
+   data file): for a model with a ``frontend()`` (a mask model, see :mod:`stemcli.spectral`)
+   its ``mask_net()``, input ``mag [batch, channels, frames, bins]``, output
+   ``masks [batch, M, channels, frames, bins]`` with dynamic ``batch`` and ``frames`` axes, the
+   card recording the front end; otherwise the whole model, input ``mix [batch, channels,
+   time]``, output ``stems [batch, sources, channels, time]``, dynamic ``batch`` and ``time``;
+3. runs onnxruntime (through the front end, if any) and torch on random audio and on real audio (``check_audio``, else an
    excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
    difference exceeds ``tolerance`` (1e-4);
 4. writes ``NAME.pt`` (the ``state_dict`` only) and the card ``NAME.json`` with the sha256 of
@@ -121,18 +124,35 @@ def _real_audio(run_cfg: dict[str, Any], check_audio: Path | None, channels: int
     return np.ascontiguousarray(x[None])
 
 
+def _frontend(model: Any) -> dict[str, Any] | None:
+    from stemcli.spectral import check_frontend
+
+    return check_frontend(model.frontend(), type(model).__name__) if callable(getattr(model, "frontend", None)) else None
+
+
 def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> dict[str, float]:
-    """Largest |onnxruntime - torch| per named input; raise :class:`ExportError` above ``tolerance``."""
+    """Largest |onnxruntime - torch| of the stems per named input (``mix [batch, channels,
+    time]``); raise :class:`ExportError` above ``tolerance``."""
     import onnxruntime as ort
     import torch
 
+    from stemcli.spectral import separate_with_masks
+
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
+    frontend = _frontend(model)
+    n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if frontend is None:
+            return sess.run(None, {name: x})[0]
+        return separate_with_masks(frontend, lambda mag: sess.run(None, {name: mag})[0], x, n_src)
+
     diffs = {}
     for label, x in inputs.items():
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).numpy()
-        got = sess.run(None, {name: x})[0]
+        got = run(x)
         if got.shape != ref.shape:
             raise ExportError(f"{onnx_path}: output shape {got.shape} on {label} audio, torch gives {ref.shape}")
         diffs[label] = float(np.max(np.abs(got - ref)))
@@ -145,21 +165,27 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
 
 
 def export_model(model: Any, onnx_path: Path, channels: int) -> None:
-    """Export ``model`` (eval mode) to one ONNX file with dynamic batch and time axes."""
+    """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
+    (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time)."""
     import warnings
 
     import torch
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
-    example = torch.zeros(1, channels, 44100)
+    frontend = _frontend(model)
+    if frontend is None:
+        net, example = model, torch.zeros(1, channels, 44100)
+        names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
+    else:
+        net, example = model.mask_net().eval(), torch.rand(1, channels, 64, frontend["bins"])
+        names, axes = ["mag", "masks"], {"mag": {0: "batch", 2: "frames"}, "masks": {0: "batch", 3: "frames"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=["mix"], output_names=["stems"],
-                dynamic_axes={"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}},
+                net, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=names[:1], output_names=names[1:], dynamic_axes=axes,
             )
         except Exception as exc:
             tmp.unlink(missing_ok=True)
@@ -237,6 +263,13 @@ def export_run(
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, pt_path)
 
+    frontend = _frontend(model)
+    if frontend is None:
+        io = {"input": "mix [batch, channels, time] float32", "output": "stems [batch, sources, channels, time] float32"}
+    else:
+        m = "sources - 1" if frontend["residual"] else "sources"
+        io = {"input": "mag [batch, channels, frames, bins] float32",
+              "output": f"masks [batch, {m}, channels, frames, bins] float32"}
     training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
                 **({"data_history": run_cfg["data_history"]} if "data_history" in run_cfg else {}),
                 "hyperparameters": run_cfg.get("hyperparameters", {}),
@@ -257,7 +290,8 @@ def export_run(
             "onnx": {"path": out_onnx.name, "sha256": sha256_file(out_onnx), "bytes": out_onnx.stat().st_size},
             "torch": {"path": pt_path.name, "sha256": sha256_file(pt_path), "bytes": pt_path.stat().st_size},
         },
-        "io": {"input": "mix [batch, channels, time] float32", "output": "stems [batch, sources, channels, time] float32"},
+        "io": io,
+        **({"frontend": frontend} if frontend else {}),
         "config": mcfg,
         "training": training,
         "metrics": metrics or {},

@@ -5,7 +5,9 @@ card (``-m path/to/card.json``, or a name found in :func:`stemcli.modelcard.mode
 Before loading, the model file's sha256 is checked against the card; a changed file is
 refused with a message naming it.
 
-* ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file.  With
+* ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file (a
+  waveform-to-stems graph, or, when the card has a ``frontend``, a magnitudes-to-masks graph
+  run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`).  With
   ``threads=N > 1`` a long input is cut in ``N`` time parts (each with ``context`` seconds of
   real neighbouring audio, joined by a short linear cross-fade) that run concurrently on ``N``
   single-threaded sessions: many ops of a spectrogram graph (transposes, slices, pads) run on
@@ -121,6 +123,11 @@ class OnnxSeparator(Separator):
         # samples by which an input may be shifted without changing the model's frame/pooling
         # grid (STFT hop x the network's time stride); parts start on multiples of it
         self.alignment = int(card.get("alignment") or card.get("config", {}).get("hop", 1))
+        self.frontend = None
+        if card.get("frontend") is not None:
+            from stemcli.spectral import check_frontend
+
+            self.frontend = check_frontend(card["frontend"], str(card.get("_path", self.name)))
         self.workers = 1
         self._pool: ThreadPoolExecutor | None = None
         if backend == "onnx":
@@ -148,9 +155,17 @@ class OnnxSeparator(Separator):
         in_name = session.get_inputs()[0].name
         if not hasattr(self, "session"):
             self.session = session  # for reports (thread settings)
+        frontend = self.frontend
+        if frontend is None:
+            def run(mix: np.ndarray) -> np.ndarray:
+                return session.run(None, {in_name: mix})[0]
+        else:
+            from stemcli.spectral import separate_with_masks
 
-        def run(mix: np.ndarray) -> np.ndarray:
-            return session.run(None, {in_name: mix})[0]
+            n_src = len(self.sources)
+
+            def run(mix: np.ndarray) -> np.ndarray:
+                return separate_with_masks(frontend, lambda mag: session.run(None, {in_name: mag})[0], mix, n_src)
 
         return run
 

@@ -47,7 +47,7 @@ TINY_MMDENSE = {
     "n_fft": 256, "hop": 128, "max_bin": 64, "split_bin": 32, "stem_channels": 4,
     "low": {"growth": 4, "layers": [1, 1], "pool": [1, 1]},
     "high": {"growth": 4, "layers": [1, 1], "pool": [1, 2]},
-    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2]},
+    "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2], "lstm": 4},
     "final": {"channels": 8, "growth": 4, "layers": 1},
 }
 

@@ -28,6 +28,8 @@ from stemcli.distributed import (
     _rank_sums,
     _unpack,
     assemble,
+    border_blocks,
+    normalise,
     lpt_assign,
     mpi_rank,
     mpi_world_size,
@@ -173,6 +175,37 @@ def test_simulated_ranks_reassemble_like_one_process(frames: int, overlap: float
     np.testing.assert_allclose(out, want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("frames,overlap,ranks,per_rank", [(1234, 0.25, 2, 1), (999, 0.9, 4, 1), (5000, 0.5, 3, 2)])
+def test_simulated_in_place_writes_like_one_process(frames: int, overlap: float, ranks: int, per_rank: int) -> None:
+    """In-place mode: interiors written by their ranks, borders by rank 0 = single-process output."""
+    sep = RunningSum()
+    audio = np.random.default_rng(frames + 1).standard_normal((2, frames)).astype(np.float32)
+    want = separate_array(sep, audio, overlap=overlap)
+    src = ArraySource(audio)
+    chunks = plan_for(sep, frames, None, overlap)
+    S, C = 2, 2
+    out = np.full((S, C, frames), np.nan, np.float32)
+    carry: list = []
+    for first, stop in plan_rounds(len(chunks), ranks, per_rank):
+        pieces = list(carry)
+        for r in range(ranks):
+            a, b = split_range(first, stop, ranks, r)
+            sh = rank_share(chunks, a, b)
+            if sh is None:
+                continue
+            sums = _rank_sums(sep, src, chunks, a, b, RankStats(r))
+            assert np.all(np.isnan(out[..., sh.e0 : sh.e1]))  # nobody wrote there before
+            out[..., sh.e0 : sh.e1] = normalise(sums[:, sh.e0 - sh.lo : sh.e1 - sh.lo], S, C)
+            pieces += [(sh.lo, sums[:, : sh.e0 - sh.lo]), (sh.e1, sums[:, sh.e1 - sh.lo :])]
+        upto = chunks[stop].start if stop < len(chunks) else frames
+        done, carry = border_blocks(pieces, upto, S, C)
+        for start, block in done:
+            assert start + block.shape[-1] <= upto and np.all(np.isnan(out[..., start : start + block.shape[-1]]))
+            out[..., start : start + block.shape[-1]] = block
+    assert not carry and not np.isnan(out).any()
+    np.testing.assert_allclose(out, want, atol=1e-6, rtol=0)
+
+
 def test_interior_is_exclusive_to_one_rank() -> None:
     chunks = plan_for(RunningSum(), 3000, None, 0.25)  # segment 200, stride 150
     shares = [rank_share(chunks, *split_range(0, len(chunks), 3, r)) for r in range(3)]
@@ -187,7 +220,10 @@ def test_interior_is_exclusive_to_one_rank() -> None:
 
 
 @needs_mpi
-def test_two_ranks_split_one_file_like_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gather", ["0", "1"])
+def test_two_ranks_split_one_file_like_one_process(tmp_path: Path, gather: str) -> None:
+    """Both split paths: ranks write their own samples in place (default), or everything is
+    gathered to rank 0 (``STEMCLI_MPI_GATHER=1``, the path FLAC and resampled output take)."""
     x = tone(7.3, seed=1)
     x[:, ::5000] += 0.5  # clicks, so the percussive stem is not empty
     song = write(tmp_path / "in" / "song.wav", x, subtype="FLOAT")
@@ -195,13 +231,22 @@ def test_two_ranks_split_one_file_like_one_process(tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
     # a tiny region budget forces one Gatherv round per pair of chunks (5 chunks -> 3 rounds)
     r = separate_cli(2, [song], tmp_path / "mpi", "--segment", "2", "--overlap", "0.25",
-                     env={"STEMCLI_MPI_REGION_MB": "1", "STEMCLI_MPI_STATS": str(stats)})
+                     env={"STEMCLI_MPI_REGION_MB": "1", "STEMCLI_MPI_STATS": str(stats), "STEMCLI_MPI_GATHER": gather})
     assert r.returncode == 0, r.stderr
     assert_same_stems(tmp_path / "one", tmp_path / "mpi", "song")
+    for stem in ("harmonic", "percussive"):  # identical files, not just close samples
+        assert (tmp_path / "one" / "song" / f"{stem}.wav").read_bytes() == (tmp_path / "mpi" / "song" / f"{stem}.wav").read_bytes()
     ranks = json.loads(stats.read_text())
     assert [s["mode"] for s in ranks] == ["split", "split"]
     assert sum(s["chunks"] for s in ranks) == 5 and all(s["chunks"] > 0 for s in ranks)
     assert ranks[0]["gather_bytes"] > 0
+    frames = x.shape[1]
+    if gather == "0":  # every sample written once, by the ranks; only borders travel
+        assert sum(s["in_place_samples"] for s in ranks) == frames and ranks[1]["in_place_samples"] > frames / 4
+        assert ranks[0]["gather_bytes"] < frames * 5 * 8  # borders only (large here: 2 s chunks)
+    else:
+        assert all(s["in_place_samples"] == 0 for s in ranks)
+        assert ranks[0]["gather_bytes"] > frames * 4 * 4
     assert no_partials(tmp_path / "mpi")
 
 

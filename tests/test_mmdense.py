@@ -143,7 +143,8 @@ def test_default_card_location(tmp_path, monkeypatch) -> None:
 
 
 def test_time_parallel_equals_whole_input(tmp_path) -> None:
-    """threads=2 cuts a long input in two grid-aligned parts run concurrently: same result."""
+    """threads=2 cuts a long input in two grid-aligned parts run concurrently: the same result
+    when the net's receptive field fits in the context (no LSTM; an LSTM sees the whole part)."""
     import json
 
     from stemcli.export import export_run
@@ -152,8 +153,10 @@ def test_time_parallel_equals_whole_input(tmp_path) -> None:
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"model": {**DEFAULT_CONFIG, **TINY}, "data": {}, "hyperparameters": {}}))
-    torch.save({"model": tiny_model(4).state_dict(), "step": 0}, run / "best.pt")
+    cfg = {**DEFAULT_CONFIG, **TINY, "full": {**TINY["full"], "lstm": 0}}
+    (run / "config.json").write_text(json.dumps({"model": cfg, "data": {}, "hyperparameters": {}}))
+    torch.manual_seed(4)
+    torch.save({"model": MMDenseNet(cfg).state_dict(), "step": 0}, run / "best.pt")
     card = export_run(run, tmp_path / "m.onnx")
     assert card["alignment"] == 8 * TINY["hop"]  # stem stride 2 x pool 2 x one 2x2 pooling, in hops
     x = (0.2 * np.random.default_rng(6).standard_normal((1, 2, 9 * 44100 + 123))).astype(np.float32)
@@ -180,3 +183,20 @@ def test_threads_follow_stemcli_threads(monkeypatch) -> None:
     monkeypatch.setenv("STEMCLI_THREADS", "lots")
     with pytest.raises(ValueError, match="STEMCLI_THREADS"):
         OnnxSeparator("mmdense")
+
+
+@pytest.mark.parametrize("lstm", [0, 4])
+def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
+    """With the LSTM branch, a change in the first frames reaches the last frame's masks;
+    without it the receptive field is local (about 30 frames for this config)."""
+    torch.manual_seed(0)
+    model = MMDenseNet({**TINY, "full": {**TINY["full"], "lstm": lstm}}).double().eval()
+    mag = torch.rand(1, 2, 96, 64, dtype=torch.float64)
+    changed = mag.clone()
+    changed[:, :, :4] += 5.0
+    with torch.no_grad():
+        diff = (model.masks(mag) - model.masks(changed)).abs().amax(dim=(0, 1, 2, 4))  # per frame
+    reach = int((diff > 1e-12).nonzero().max())
+    assert reach == 95 if lstm else reach < 48
+    if lstm:
+        assert model.full.net.lstm.rnn.hidden_size == lstm

@@ -8,7 +8,7 @@ joined with the full-band output along channels and refined by a last dense bloc
 What makes it fast on a 2-core CPU (onnxruntime):
 
 * STFT with ``n_fft=2048, hop=1024`` (the paper's setting) and only ``max_bin`` bins fed to
-  the network (bins above reuse the mask of the last modelled bin);
+  the network (bins above go to the last source);
 * a stride-2 stem convolution before any dense block, so the finest dense blocks run on a
   quarter of the time-frequency points, and a stride-2 transposed convolution as mask head;
 * small growth rates, post-activation ``Conv -> BatchNorm -> ReLU`` (onnxruntime folds the
@@ -20,9 +20,13 @@ source is ``mixture - sum(others)`` in the waveform domain: the stems sum to the
 only ``S - 1`` inverse STFTs run, and the last source (``other`` by default) receives everything
 above ``max_bin`` (16.5 kHz by default).
 
-The whole graph (STFT -> masks -> inverse STFT) is one ``nn.Module`` mapping
-``[batch, channels, time] -> [batch, sources, channels, time]`` and exports to a single ONNX
-file with dynamic batch and time axes.
+The torch module maps ``[batch, channels, time] -> [batch, sources, channels, time]`` (STFT ->
+masks -> inverse STFT, all in torch, which is what training differentiates through).  Export
+writes only :meth:`MMDenseNet.mask_net` (magnitudes -> masks) to ONNX, with dynamic batch and
+frame axes; the runtime does the STFT and its inverse with an FFT in :mod:`stemcli.spectral`
+(a matmul FFT inside the graph cost twice the network itself on onnxruntime).  Bidirectional
+LSTMs at band bottlenecks (``"lstm"``, MMDenseLSTM, Takahashi et al. 2018) give the otherwise
+local convolutional net a receptive field spanning the whole input.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from torch import nn
 
 from stemcli.transforms import ISTFT, STFT
 
+MAG_EPS = 1e-10  # magnitude = sqrt(re^2 + im^2 + MAG_EPS)
+
 DEFAULT_CONFIG: dict[str, Any] = {
     "architecture": "mmdense",
     "sources": ["vocals", "drums", "bass", "other"],
@@ -43,14 +49,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "hop": 1024,
     "max_bin": 768,  # 16.5 kHz at 44.1 kHz / 2048
     "split_bin": 256,  # low band below 5.5 kHz
-    "stem_channels": 16,
-    # growth rate and layers per dense block, for the scales [1, 1/2, 1/4] of each MDenseNet
-    # each net: dense growth, layers per scale (finest first), input pooling (time, freq)
-    # relative to the stem output; its output is upsampled back by a transposed conv
-    "low": {"growth": 10, "layers": [1, 2, 3], "pool": [1, 1]},
-    "high": {"growth": 8, "layers": [1, 2, 2], "pool": [1, 2]},
-    "full": {"growth": 8, "layers": [2, 2], "pool": [2, 2]},
-    "final": {"channels": 24, "growth": 8, "layers": 1},
+    "stem_channels": 24,
+    # each band net: dense growth, layers per scale (finest first), input pooling (time, freq)
+    # relative to the stem output (its output is upsampled back by a transposed conv), and the
+    # hidden size of the bidirectional LSTM at its bottleneck (0: none)
+    "low": {"growth": 14, "layers": [2, 2, 3], "pool": [1, 1], "lstm": 0},
+    "high": {"growth": 10, "layers": [1, 2, 2], "pool": [1, 2], "lstm": 0},
+    "full": {"growth": 12, "layers": [2, 2, 2], "pool": [2, 2], "lstm": 64},
+    "final": {"channels": 32, "growth": 12, "layers": 2},
 }
 
 
@@ -89,6 +95,29 @@ class Transition(nn.Module):
         return self.pool(self.conv(x))
 
 
+class BottleneckLSTM(nn.Module):
+    """MMDenseLSTM's recurrent branch (Takahashi et al., 2018): the bottleneck feature map is
+    squeezed to one channel, a bidirectional LSTM runs over time on its ``freq`` bins, and a
+    linear layer maps the hidden state back to ``freq`` bins: one extra channel with a receptive
+    field spanning the whole input.
+
+    Input ``[shape=(batch, channels, frames, freq)]``, output ``[shape=(batch, 1, frames, freq)]``.
+    """
+
+    def __init__(self, cin: int, freq: int, hidden: int) -> None:
+        super().__init__()
+        if freq < 1:
+            raise ValueError(f"mmdense config: the LSTM bottleneck needs >= 1 frequency row, got {freq}")
+        self.squeeze = _conv(cin, 1, 1)
+        self.rnn = nn.LSTM(freq, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Sequential(nn.Linear(2 * hidden, freq), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.squeeze(x)[:, 0]  # [B, T, F]
+        y, _ = self.rnn(y)
+        return self.out(y).unsqueeze(1)
+
+
 class MDenseNet(nn.Module):
     """Multi-scale DenseNet: encoder blocks at scales 1, 1/2, ..., decoder back with skips.
 
@@ -99,7 +128,7 @@ class MDenseNet(nn.Module):
             bottleneck, the others appear once in the encoder and once in the decoder.
     """
 
-    def __init__(self, cin: int, growth: int, layers: list[int]) -> None:
+    def __init__(self, cin: int, growth: int, layers: list[int], lstm: int = 0, freq: int = 0) -> None:
         super().__init__()
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
@@ -114,6 +143,9 @@ class MDenseNet(nn.Module):
             c = half
         self.bottleneck = DenseBlock(c, growth, layers[-1])
         c = self.bottleneck.cout
+        self.lstm = BottleneckLSTM(c, freq // 2 ** (len(layers) - 1), lstm) if lstm else None
+        if self.lstm is not None:
+            c += 1
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for n, skip in zip(reversed(layers[:-1]), reversed(skips)):
@@ -131,6 +163,8 @@ class MDenseNet(nn.Module):
             skips.append(x)
             x = down(x)
         x = self.bottleneck(x)
+        if self.lstm is not None:
+            x = torch.cat([x, self.lstm(x)], dim=1)
         for up, block, skip in zip(self.up, self.dec, reversed(skips)):
             x = block(torch.cat([up(x), skip], dim=1))
         return x
@@ -139,11 +173,12 @@ class MDenseNet(nn.Module):
 class Band(nn.Module):
     """An :class:`MDenseNet` run on an average-pooled input, upsampled back, to ``cout`` channels."""
 
-    def __init__(self, cin: int, cout: int, cfg: dict[str, Any]) -> None:
+    def __init__(self, cin: int, cout: int, cfg: dict[str, Any], freq: int = 0) -> None:
         super().__init__()
         pool = tuple(int(v) for v in cfg.get("pool", (1, 1)))
         self.pool = nn.AvgPool2d(pool) if pool != (1, 1) else nn.Identity()
-        self.net = MDenseNet(cin, int(cfg["growth"]), list(cfg["layers"]))
+        self.net = MDenseNet(cin, int(cfg["growth"]), list(cfg["layers"]), int(cfg.get("lstm", 0)),
+                             freq // pool[1])
         if pool != (1, 1):
             self.out = nn.Sequential(
                 nn.ConvTranspose2d(self.net.cout, cout, pool, stride=pool, bias=False),
@@ -198,9 +233,10 @@ class MMDenseNet(nn.Module):
         )
         fc = int(cfg["final"]["channels"])
         band_c = fc // 2
-        self.low = Band(c0, band_c, cfg["low"])
-        self.high = Band(c0, band_c, cfg["high"])
-        self.full = Band(c0, fc - band_c, cfg["full"])
+        half = self.max_bin // 2  # frequency rows after the stride-2 stem
+        self.low = Band(c0, band_c, cfg["low"], self.split_bin // 2)
+        self.high = Band(c0, band_c, cfg["high"], half - self.split_bin // 2)
+        self.full = Band(c0, fc - band_c, cfg["full"], half)
         self.final = DenseBlock(fc, int(cfg["final"]["growth"]), int(cfg["final"]["layers"]))
         self.head = nn.ConvTranspose2d(self.final.cout, self.n_src * self.n_ch, 2, stride=2)
 
@@ -249,7 +285,7 @@ class MMDenseNet(nn.Module):
         s1 = self.n_src - 1
         z = self.stft.fft_layout(wave)  # [2, K2, B, C, F, P], bin = P * k2 + k1
         k2, nf, p = z.shape[1], z.shape[4], z.shape[5]
-        mag = torch.sqrt((z * z).sum(0) + 1e-10)  # [K2, B, C, F, P]
+        mag = torch.sqrt((z * z).sum(0) + MAG_EPS)  # [K2, B, C, F, P]
         mag = mag.permute(1, 2, 3, 0, 4).reshape(b, c, nf, self.max_bin)
         logits = self.logits(mag)  # [B, S*C, F, max_bin]
         # softmax over sources in the inverse STFT's layout [P, K1, B, S, C, F], reached by
@@ -264,6 +300,28 @@ class MMDenseNet(nn.Module):
         est = self.istft.from_fft_layout(masked, t).reshape(b, s1, c, t)
         last = wave - est.sum(dim=1)
         return torch.cat([est, last.unsqueeze(1)], dim=1)
+
+
+    def frontend(self) -> dict[str, Any]:
+        """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`)."""
+        return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
+                "eps": MAG_EPS, "residual": True}
+
+    def mask_net(self) -> nn.Module:
+        """The part exported to ONNX: ``mag [B, C, F, max_bin] -> masks [B, S - 1, C, F, max_bin]``."""
+        return _MaskNet(self)
+
+
+class _MaskNet(nn.Module):
+    def __init__(self, net: MMDenseNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, mag: torch.Tensor) -> torch.Tensor:
+        b, c, frames = mag.shape[0], mag.shape[1], mag.shape[2]
+        lg = self.net.logits(mag).reshape(b, self.net.n_src, c, frames, self.net.max_bin)
+        e = torch.exp(lg.clamp(-30.0, 30.0))
+        return e[:, :-1] / e.sum(dim=1, keepdim=True)
 
 
 def build(config: dict[str, Any]) -> MMDenseNet:

@@ -1,0 +1,108 @@
+"""The NumPy STFT front end of mask models: same numbers as the torch transforms, exact
+round trip, residual source, card validation, export of a mask graph and of a waveform graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stemcli import spectral
+from stemcli.transforms import ISTFT, STFT
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("n_fft,hop,bins,length", [(2048, 1024, 768, 44_100), (256, 64, None, 3_001), (512, 128, 100, 128 * 9)])
+def test_matches_torch_transforms(n_fft: int, hop: int, bins: int | None, length: int) -> None:
+    x = np.random.default_rng(1).standard_normal((2, 2, length)).astype(np.float32)
+    spec = spectral.stft(x, n_fft, hop, bins)
+    ref = STFT(n_fft, hop, bins=bins).frames_major(torch.from_numpy(x)).numpy()
+    assert spec.shape == ref.shape[1:] and spec.shape[-2] == -(-length // hop) + 1
+    scale = np.abs(ref).max()
+    assert np.abs(spec.real - ref[0]).max() < 1e-5 * scale
+    assert np.abs(spec.imag - ref[1]).max() < 1e-5 * scale
+    # the inverse agrees with the torch inverse on a spectrogram that is not an STFT of anything
+    noise = np.random.default_rng(2).standard_normal((2,) + spec.shape).astype(np.float32)
+    got = spectral.istft(noise[0] + 1j * noise[1], n_fft, hop, length)
+    want = ISTFT(n_fft, hop, bins=spec.shape[-1]).frames_major(torch.from_numpy(noise), length).numpy()
+    assert got.shape == (2, 2, length)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_round_trip_is_exact() -> None:
+    x = np.random.default_rng(3).standard_normal((3, 12_345)).astype(np.float32)
+    y = spectral.istft(spectral.stft(x, 1024, 256), 1024, 256, x.shape[-1])
+    assert y.dtype == np.float32 and np.abs(y - x).max() < 1e-5
+
+
+def test_separate_with_masks_residual_and_band_limit() -> None:
+    fe = spectral.check_frontend({"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 100, "eps": 0.0, "residual": True})
+    t = np.arange(20_000) / 44_100
+    low = 0.5 * np.sin(2 * np.pi * 440 * t)  # bin ~5 of 512 at 44.1 kHz
+    high = 0.3 * np.sin(2 * np.pi * 15_000 * t)  # bin ~174, above ``bins``
+    mix = np.stack([low + high, low - high])[None].astype(np.float32)
+
+    def masks(mag: np.ndarray) -> np.ndarray:  # source 0 takes everything below ``bins``
+        b, c, f, k = mag.shape
+        return np.concatenate([np.ones((b, 1, c, f, k)), np.zeros((b, 1, c, f, k))], axis=1)
+
+    out = spectral.separate_with_masks(fe, masks, mix, 3)
+    assert out.shape == (1, 3, 2, 20_000) and out.dtype == np.float32
+    assert np.abs(out.sum(1) - mix).max() < 1e-5  # the residual makes the stems sum to the mix
+    assert np.abs(out[0, 1]).max() < 1e-7
+    inner = slice(2_000, 18_000)
+    assert np.abs(out[0, 0, 0, inner] - low[inner]).max() < 1e-3  # band below ``bins``
+    assert np.abs(out[0, 2, 0, inner] - high[inner]).max() < 1e-3  # residual gets the rest
+    with pytest.raises(ValueError, match="expected"):
+        spectral.separate_with_masks(fe, lambda m: m[:, None], mix, 3)
+
+
+@pytest.mark.parametrize("bad", [{"type": "cqt"}, {"n_fft": 1000, "hop": 300}, {"bins": 0}, {"hop": None}])
+def test_bad_frontend_is_refused(bad: dict) -> None:
+    good = {"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 100}
+    with pytest.raises(ValueError, match="card.json"):
+        spectral.check_frontend({**good, **bad}, "card.json")
+
+
+def test_waveform_model_without_frontend_exports_whole_graph(tmp_path: Path) -> None:
+    """A model with no ``frontend()`` is exported as one waveform graph, and runs as one."""
+    import onnxruntime as ort
+
+    from stemcli.export import export_run
+    from stemcli.runtime import OnnxSeparator
+    from stemcli_mmdense.model import DEFAULT_CONFIG
+
+    from conftest import TINY_MMDENSE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {**DEFAULT_CONFIG, **TINY_MMDENSE, "architecture": "stemcli_wavetest.model"}
+    (tmp_path / "stemcli_wavetest").mkdir()
+    (tmp_path / "stemcli_wavetest" / "__init__.py").write_text("")
+    (tmp_path / "stemcli_wavetest" / "model.py").write_text(
+        "from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet\n"
+        "class Wave(MMDenseNet):\n    frontend = None\n"
+        "def build(config):\n    return Wave(config)\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from stemcli.train import archs
+
+        model = archs.build(cfg)
+        (run / "config.json").write_text(json.dumps({"model": cfg, "data": {}, "hyperparameters": {}}))
+        torch.save({"model": model.state_dict(), "step": 0}, run / "best.pt")
+        card = export_run(run, tmp_path / "models" / "wave.onnx")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "frontend" not in card and card["io"]["input"].startswith("mix")
+    sess = ort.InferenceSession(str(tmp_path / "models" / "wave.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["mix"]
+    x = (0.2 * np.random.default_rng(4).standard_normal((1, 2, 5_000))).astype(np.float32)
+    out = OnnxSeparator(tmp_path / "models" / "wave.json", threads=1).separate(x)
+    assert out.shape == (1, 4, 2, 5_000) and np.abs(out.sum(1) - x).max() < 1e-5
