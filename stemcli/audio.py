@@ -444,9 +444,16 @@ class RangeWriter:
                 f.write(np.ascontiguousarray(block.T))
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files = {}
+        """Close every handle (all of them, even if one fails; the first error is raised)."""
+        files, self._files = self._files, {}
+        first: Exception | None = None
+        for f in files.values():
+            try:
+                f.close()
+            except Exception as exc:  # libsndfile rewrites the header on close: disk full etc.
+                first = first or exc
+        if first is not None:
+            raise AudioError(f"cannot finish writing in place ({first})") from None
 
 
 def find_audio_files(inputs: Sequence[str | Path]) -> list[Path]:

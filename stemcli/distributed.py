@@ -667,8 +667,8 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
         sep.select_sources(wanted)
         src = FileSource(info, sep.sample_rate, sep.channels)
         chunks = plan_for(sep, src.frames, opts.segment, opts.overlap)
-        inplace = in_place_ok(opts.fmt, sep.sample_rate, info.sample_rate)
-        if rank == 0:
+        if rank == 0:  # rank 0 decides (ranks on other nodes may see another environment)
+            inplace = in_place_ok(opts.fmt, sep.sample_rate, info.sample_rate)
             writer = StemWriter(job.outputs, sep.sample_rate, info.sample_rate, sep.channels, info.channels,
                                 info.frames, opts.fmt, opts.bit_depth)
             if inplace:
@@ -680,15 +680,31 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
         errors = _agree(comm, err)
         if errors:
             raise _Failure(_file_message(job.input, errors, size))
+        inplace, temps = comm.bcast((inplace, temps), root=0)
         if inplace:
-            temps = comm.bcast(temps, root=0)
+            opened: str | None = None
             try:
                 ranged = RangeWriter(temps, info.channels, info.frames)
             except Exception as exc:
-                err = _describe(exc)
-            errors = _agree(comm, err)
-            if errors:
-                raise _Failure(_file_message(job.input, errors, size))
+                opened = _describe(exc)
+            if _agree(comm, opened):
+                # some rank cannot reach rank 0's output folder (no shared filesystem there):
+                # fall back to gathering everything on rank 0, which writes alone
+                if ranged is not None:
+                    ranged.close()
+                    ranged = None
+                inplace = False
+                if rank == 0:
+                    try:
+                        writer.abort()
+                        writer = StemWriter(job.outputs, sep.sample_rate, info.sample_rate, sep.channels,
+                                            info.channels, info.frames, opts.fmt, opts.bit_depth)
+                    except Exception as exc:
+                        writer = None
+                        err = _describe(exc)
+                errors = _agree(comm, err)
+                if errors:
+                    raise _Failure(_file_message(job.input, errors, size))
         stats.open_s += time.perf_counter() - t
         S, C = len(sep.sources), sep.channels
         rows = S * C + 1
@@ -788,7 +804,10 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
         return Outcome(job.input, "failed", str(fail))
     finally:
         if ranged is not None:
-            ranged.close()
+            try:
+                ranged.close()
+            except Exception:
+                pass  # the file failed already; its temporaries go below
         if writer is not None and not committed:
             writer.abort()
         if src is not None:

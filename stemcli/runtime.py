@@ -7,12 +7,16 @@ refused with a message naming it.
 
 * ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file (a
   waveform-to-stems graph, or, when the card has a ``frontend``, a magnitudes-to-masks graph
-  run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`).  With
-  ``threads=N > 1`` a long input is cut in ``N`` time parts (each with ``context`` seconds of
-  real neighbouring audio, joined by a short linear cross-fade) that run concurrently on ``N``
-  single-threaded sessions: many ops of a spectrogram graph (transposes, slices, pads) run on
-  one thread inside onnxruntime, so splitting the work in time scales better than intra-op
-  threads.  ``parallel="intra"`` uses one session with ``N`` intra-op threads instead.
+  run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`).  An input
+  longer than ``PART_SECONDS`` is cut in time parts of at most that length (each with
+  ``context`` seconds of real neighbouring audio, joined by a short linear cross-fade); the
+  cut depends on the input length only, never on the thread count, so the stems are the same
+  with 1 thread, N threads or N MPI ranks, even for a model whose receptive field spans its
+  whole input (an LSTM).  With ``threads=N > 1`` the parts run concurrently on ``N``
+  single-threaded sessions: many ops of a spectrogram graph run on one thread inside
+  onnxruntime, so splitting the work in time scales better than intra-op threads.
+  ``parallel="intra"`` runs the parts one after the other on one session with ``N`` intra-op
+  threads instead.
 * ``backend="torch"``: the architecture rebuilt from the card's ``config`` and the shipped
   ``state_dict`` (``.pt``, loaded with ``weights_only=True``), for comparison and debugging.
 
@@ -21,6 +25,7 @@ onnxruntime and torch are imported only when a separator is constructed.
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +39,7 @@ from stemcli.plugins import Separator
 BACKENDS = ("onnx", "torch")
 PARALLEL = ("time", "intra")
 MIN_PART_SECONDS = 4.0  # below this a part is not worth a worker of its own
+PART_SECONDS = 16.0  # longest time part: a 30 s chunk with 2 x 1 s context runs as 2 parts
 FADE_SECONDS = 0.05
 
 
@@ -133,11 +139,12 @@ class OnnxSeparator(Separator):
         if backend == "onnx":
             path = model_file(card, "onnx")
             n = int(threads) if threads else (os.cpu_count() or 1)
-            self._run = self._onnx_runner(path, intra=threads)  # whole input, intra-op threads
             if parallel == "time" and n > 1:
                 self.workers = n
-                self._run_part = self._onnx_runner(path, intra=1)  # one thread per time part
+                self._run = self._onnx_runner(path, intra=1)  # one thread per time part
                 self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="stemcli-ort")
+            else:
+                self._run = self._onnx_runner(path, intra=threads)  # parts in turn, intra-op threads
         else:
             self._run = self._torch_runner(model_file(card, "torch"))
 
@@ -205,14 +212,13 @@ class OnnxSeparator(Separator):
         if mix.shape[-1] == 0:
             return np.zeros((mix.shape[0], len(self.sources), self.channels, 0), np.float32)
         mix = np.ascontiguousarray(mix, dtype=np.float32)
-        if self.workers > 1:
-            rate = self.sample_rate
-            align = self.alignment
-            bounds = split_points(mix.shape[-1], self.workers, int(MIN_PART_SECONDS * rate), align)
-            if len(bounds) > 2:
-                context = max(int(self.context * rate), int(FADE_SECONDS * rate))
-                context = -(-context // align) * align
-                return run_in_parts(self._run_part, mix, bounds, context, int(FADE_SECONDS * rate), self._pool)
+        rate, align = self.sample_rate, self.alignment
+        parts = math.ceil(mix.shape[-1] / (PART_SECONDS * rate))
+        bounds = split_points(mix.shape[-1], parts, int(MIN_PART_SECONDS * rate), align)
+        if len(bounds) > 2:
+            context = max(int(self.context * rate), int(FADE_SECONDS * rate))
+            context = -(-context // align) * align
+            return run_in_parts(self._run, mix, bounds, context, int(FADE_SECONDS * rate), self._pool)
         return np.asarray(self._run(mix), dtype=np.float32)
 
     def info(self) -> dict[str, Any]:

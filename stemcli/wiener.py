@@ -27,6 +27,7 @@ from stemcli.plugins import Separator
 from stemcli.spectral import istft, stft
 
 EPS = 1e-10
+REG = 1e-5  # diagonal loading of the mixture model, relative to its mean power per bin
 
 
 def _em_step(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -44,7 +45,12 @@ def _em_step(x: np.ndarray, y: np.ndarray) -> np.ndarray:
                 r[b][a] = r[a][b].conj()
     for a in range(c):
         for b in range(c):
-            cov[a][b] = np.sum(v * r[a][b], axis=1) + (EPS if a == b else 0.0)  # [B, F, k]
+            cov[a][b] = np.sum(v * r[a][b], axis=1).astype(np.complex128)  # [B, F, k]
+    # diagonal loading relative to the power: identical channels (a mono file through a stereo
+    # model) make every R_j rank one and the model singular; an absolute eps vanishes in float32
+    reg = REG * sum(cov[a][a].real for a in range(c)) / c + EPS
+    for a in range(c):
+        cov[a][a] = cov[a][a] + reg
     # z = (sum_j v_j R_j)^-1 x, per bin
     if c == 1:
         z = [x[:, 0] / cov[0][0]]
@@ -55,6 +61,7 @@ def _em_step(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         m = np.stack([np.stack(row, axis=-1) for row in cov], axis=-2)  # [B, F, k, C, C]
         sol = np.linalg.solve(m, np.moveaxis(x, 1, -1)[..., None])[..., 0]
         z = [sol[..., a] for a in range(c)]
+    z = [np.asarray(q, np.complex64) for q in z]
     out = np.empty_like(y)
     for a in range(c):
         acc = r[a][0] * z[0][:, None]
@@ -110,6 +117,8 @@ class WienerSeparator(Separator):
     def __init__(self, inner: Separator, iterations: int = 1, n_fft: int = 4096, hop: int = 1024) -> None:
         if iterations < 1:
             raise ValueError(f"Wiener iterations must be >= 1, got {iterations}")
+        if n_fft < 2 or hop < 1 or n_fft % hop or n_fft // hop < 2:
+            raise ValueError(f"Wiener STFT: hop={hop} must divide n_fft={n_fft} at least twice")
         self.inner = inner
         self.iterations, self.n_fft, self.hop = int(iterations), int(n_fft), int(hop)
         self.name = f"{inner.name}+wiener{self.iterations}"

@@ -63,7 +63,7 @@ def separate_cli(n: int, inputs: list[Path], outdir: Path, *extra: str, env: dic
 
 
 def single(inputs: list[Path], outdir: Path, **kw) -> list:
-    opts = BatchOptions(model="hpss", outdir=outdir, bit_depth=32, progress=False, **kw)
+    opts = BatchOptions(**{"model": "hpss", "outdir": outdir, "bit_depth": 32, "progress": False, **kw})
     return run_batch(inputs, opts)
 
 
@@ -220,17 +220,17 @@ def test_interior_is_exclusive_to_one_rank() -> None:
 
 
 @needs_mpi
-@pytest.mark.parametrize("gather", ["0", "1"])
-def test_two_ranks_split_one_file_like_one_process(tmp_path: Path, gather: str) -> None:
+@pytest.mark.parametrize("gather,bits", [("0", "32"), ("1", "32"), ("0", "16")])
+def test_two_ranks_split_one_file_like_one_process(tmp_path: Path, gather: str, bits: str) -> None:
     """Both split paths: ranks write their own samples in place (default), or everything is
     gathered to rank 0 (``STEMCLI_MPI_GATHER=1``, the path FLAC and resampled output take)."""
     x = tone(7.3, seed=1)
     x[:, ::5000] += 0.5  # clicks, so the percussive stem is not empty
     song = write(tmp_path / "in" / "song.wav", x, subtype="FLOAT")
-    single([song], tmp_path / "one", segment=2.0, overlap=0.25)
+    single([song], tmp_path / "one", segment=2.0, overlap=0.25, bit_depth=int(bits))
     stats = tmp_path / "stats.json"
     # a tiny region budget forces one Gatherv round per pair of chunks (5 chunks -> 3 rounds)
-    r = separate_cli(2, [song], tmp_path / "mpi", "--segment", "2", "--overlap", "0.25",
+    r = separate_cli(2, [song], tmp_path / "mpi", "--segment", "2", "--overlap", "0.25", "--bit-depth", bits,
                      env={"STEMCLI_MPI_REGION_MB": "1", "STEMCLI_MPI_STATS": str(stats), "STEMCLI_MPI_GATHER": gather})
     assert r.returncode == 0, r.stderr
     assert_same_stems(tmp_path / "one", tmp_path / "mpi", "song")
@@ -314,6 +314,54 @@ FLAKY = textwrap.dedent(
     sys.exit(1 if any(o.status == "failed" for o in outcomes) else 0)
     """
 )
+
+
+NO_SHARED_FS = textwrap.dedent(
+    """
+    import os, sys, json
+    from pathlib import Path
+    import numpy as np
+    import stemcli.audio
+    from stemcli.audio import AudioError
+    from stemcli.batch import BatchOptions
+    from stemcli.distributed import run_batch_distributed
+    from stemcli.plugins import Separator
+
+    class Halves(Separator):
+        name, sources, sample_rate, channels, segment, context = "halves", ("a", "b"), 44100, 2, 0.5, 0.0
+
+        def separate(self, mix):
+            return np.stack([0.25 * mix, 0.75 * mix], axis=1)
+
+    class Unreachable:  # rank 1 cannot open rank 0's temporary files (no shared filesystem)
+        def __init__(self, temps, *a):
+            raise AudioError(f"{next(iter(temps.values()))}: cannot open for writing in place (no such file)")
+
+    if os.environ["OMPI_COMM_WORLD_RANK"] == "1":
+        stemcli.audio.RangeWriter = Unreachable
+    opts = BatchOptions(model=Halves(), outdir=Path(sys.argv[2]), bit_depth=16, progress=False)
+    outcomes = run_batch_distributed([sys.argv[1]], opts, lambda o: print(o.status, o.message, file=sys.stderr))
+    sys.exit(1 if any(o.status == "failed" for o in outcomes) else 0)
+    """
+)
+
+
+@needs_mpi
+def test_in_place_falls_back_to_gather_when_a_rank_cannot_open_the_files(tmp_path: Path) -> None:
+    song = write(tmp_path / "in" / "song.wav", tone(2.2, seed=8), subtype="FLOAT")
+    script = tmp_path / "noshare.py"
+    script.write_text(NO_SHARED_FS)
+    stats = tmp_path / "stats.json"
+    r = mpirun(2, str(script), str(song), str(tmp_path / "out"), env={"STEMCLI_MPI_STATS": str(stats)})
+    assert r.returncode == 0, r.stderr
+    ranks = json.loads(stats.read_text())
+    assert [s["mode"] for s in ranks] == ["split", "split"] and all(s["chunks"] > 0 for s in ranks)
+    assert all(s["in_place_samples"] == 0 for s in ranks)  # gathered after all
+    x, _ = sf.read(song, dtype="float32")
+    for stem, g in (("a", 0.25), ("b", 0.75)):
+        y, _ = sf.read(tmp_path / "out" / "song" / f"{stem}.wav", dtype="float32")
+        assert y.shape == x.shape and np.max(np.abs(y - g * x)) < 1e-4  # 16-bit output
+    assert no_partials(tmp_path / "out")
 
 
 @needs_mpi

@@ -142,32 +142,37 @@ def test_default_card_location(tmp_path, monkeypatch) -> None:
         MMDenseSeparator(backend="tensorflow")
 
 
-def test_time_parallel_equals_whole_input(tmp_path) -> None:
-    """threads=2 cuts a long input in two grid-aligned parts run concurrently: the same result
-    when the net's receptive field fits in the context (no LSTM; an LSTM sees the whole part)."""
+@pytest.mark.parametrize("lstm", [0, 4])
+def test_time_parts_do_not_depend_on_threads(tmp_path, lstm: int) -> None:
+    """A long input is cut in grid-aligned time parts by length only: 1 thread, 2 threads in
+    parallel parts and 2 intra-op threads give the same stems.  Without an LSTM the receptive
+    field fits in the context, so the parts also equal one pass over the whole input."""
     import json
 
     from stemcli.export import export_run
-    from stemcli.runtime import split_points
+    from stemcli.runtime import PART_SECONDS, split_points
     from stemcli_mmdense import MMDenseSeparator
 
     run = tmp_path / "run"
     run.mkdir()
-    cfg = {**DEFAULT_CONFIG, **TINY, "full": {**TINY["full"], "lstm": 0}}
+    cfg = {**DEFAULT_CONFIG, **TINY, "full": {**TINY["full"], "lstm": lstm}}
     (run / "config.json").write_text(json.dumps({"model": cfg, "data": {}, "hyperparameters": {}}))
     torch.manual_seed(4)
     torch.save({"model": MMDenseNet(cfg).state_dict(), "step": 0}, run / "best.pt")
     card = export_run(run, tmp_path / "m.onnx")
     assert card["alignment"] == 8 * TINY["hop"]  # stem stride 2 x pool 2 x one 2x2 pooling, in hops
-    x = (0.2 * np.random.default_rng(6).standard_normal((1, 2, 9 * 44100 + 123))).astype(np.float32)
-    whole = MMDenseSeparator(tmp_path / "m.json", threads=1).separate(x)
-    split_sep = MMDenseSeparator(tmp_path / "m.json", threads=2)
-    assert len(split_points(x.shape[-1], 2, 4 * 44100, card["alignment"])) == 3
-    parts = split_sep.separate(x)
-    assert np.max(np.abs(parts - whole)) < 1e-5
-    assert np.max(np.abs(parts.sum(1) - x)) < 1e-5
-    intra = MMDenseSeparator(tmp_path / "m.json", threads=2, parallel="intra").separate(x)
-    assert np.max(np.abs(intra - whole)) < 1e-5
+    n = int(1.6 * PART_SECONDS * 44100) + 123
+    x = (0.2 * np.random.default_rng(6).standard_normal((1, 2, n))).astype(np.float32)
+    assert len(split_points(n, 2, 4 * 44100, card["alignment"])) == 3
+    one = MMDenseSeparator(tmp_path / "m.json", threads=1)
+    a = one.separate(x)
+    b = MMDenseSeparator(tmp_path / "m.json", threads=2).separate(x)
+    c = MMDenseSeparator(tmp_path / "m.json", threads=2, parallel="intra").separate(x)
+    assert np.max(np.abs(b - a)) < 1e-6 and np.max(np.abs(c - a)) < 1e-6
+    assert np.max(np.abs(a.sum(1) - x)) < 1e-5
+    if not lstm:
+        whole = np.asarray(one._run(x))  # one pass, no parts
+        assert np.max(np.abs(whole - a)) < 1e-5
 
 
 def test_threads_follow_stemcli_threads(monkeypatch) -> None:
