@@ -98,6 +98,25 @@ def run_separate(ranks: int, inputs: list[Path], outdir: Path, model: str | None
     return wall, cpu
 
 
+def startup_wall(ranks: int, model: str | None, reps: int = 3) -> float:
+    """Fastest wall time of just starting what a run starts: the interpreter, stemcli's imports,
+    the separator (model load) and, under ``mpiexec``, MPI_Init and one barrier."""
+    code = ("import os; os.environ['STEMCLI_THREADS'] = '1'; import stemcli.cli, stemcli.batch, stemcli.audio; "
+            f"from stemcli.api import get_separator; get_separator({model!r})")
+    if ranks > 1:
+        code += "; import stemcli.distributed; from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+    cmd = [sys.executable, "-c", code]
+    cmd = cmd if ranks == 1 else mpiexec(ranks) + cmd
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        r = subprocess.run(cmd, env=mpi_env(), capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t)
+        if r.returncode != 0:
+            sys.exit(f"start-up probe failed ({' '.join(cmd)}):\n{r.stderr}")
+    return best
+
+
 def cores_available(procs: int, seconds: float = 2.0) -> float:
     """CPU cores ``procs`` busy processes actually get right now (the machine may be shared)."""
     code = f"import time\nt = time.time()\nwhile time.time() - t < {seconds}: pass"
@@ -192,6 +211,7 @@ def main() -> None:
         if not (folder / f"s{i}.wav").exists():
             make_song(folder / f"s{i}.wav", a.folder_seconds, seed=100 + i)
 
+    startup = {p: startup_wall(p, model) for p in (1, a.ranks)}
     load = os.getloadavg()[0]
     avail = {1: cores_available(1), a.ranks: cores_available(a.ranks)}
     rows = []
@@ -215,7 +235,9 @@ def main() -> None:
             rows.append({"workload": key, "label": name, "ranks": p, "wall_s": walls[p], "cpu_s": cpus[p], "critical_cpu_s": crit[p],
                          "projected_speedup": crit[1] / crit[p], "speedup": sp,
                          "efficiency": sp / p, "audio_s": audio_s, "x_realtime": audio_s / walls[p],
-                         "rtf": walls[p] / audio_s, "max_abs_diff_vs_1_rank": diff})
+                         "rtf": walls[p] / audio_s, "max_abs_diff_vs_1_rank": diff,
+                         "startup_s": startup[p],
+                         "speedup_after_startup": (walls[1] - startup[1]) / max(1e-9, walls[p] - startup[p])})
 
     probe = subprocess.run(mpiexec(2) + [sys.executable, __file__, "--comm-probe", "64"], env=mpi_env(),
                            capture_output=True, text=True)
@@ -257,14 +279,17 @@ def main() -> None:
           f"{os.cpu_count()} cores, load average at start {load:.1f}")
     print(f"CPU actually available (busy-loop probe): 1 process {avail[1]:.2f} cores, "
           f"{a.ranks} processes {avail[a.ranks]:.2f} cores in total")
-    print(f"{'workload':<14} {'ranks':>5} {'wall s':>8} {'speedup':>8} {'cpu s':>7} {'crit s':>7} {'proj.':>7} {'effic.':>7} {'x realtime':>11} {'RTF':>7} {'max|diff|':>10}")
+    print(f"{'workload':<14} {'ranks':>5} {'wall s':>8} {'speedup':>8} {'cpu s':>7} {'crit s':>7} {'proj.':>7} {'effic.':>7} {'x realtime':>11} {'RTF':>7} {'max|diff|':>10} {'start s':>8} {'excl.':>7}")
     for r in rows:
         print(f"{r['label']:<14} {r['ranks']:>5} {r['wall_s']:>8.2f} {r['speedup']:>7.2f}x {r['cpu_s']:>7.1f} {r['critical_cpu_s']:>7.1f} "
               f"{r['projected_speedup']:>6.2f}x {r['efficiency']:>7.2f} "
-              f"{r['x_realtime']:>10.1f}x {r['rtf']:>7.3f} {r['max_abs_diff_vs_1_rank']:>10.1e}")
+              f"{r['x_realtime']:>10.1f}x {r['rtf']:>7.3f} {r['max_abs_diff_vs_1_rank']:>10.1e} "
+              f"{r['startup_s']:>8.2f} {r['speedup_after_startup']:>6.2f}x")
     print("  wall/speedup: measured on this (shared) machine; cpu s: CPU of all processes; crit s: CPU of the\n"
           "  busiest rank (start-up included); proj.: crit(1)/crit(N), the speedup on dedicated cores;\n"
-          "  x realtime = audio s / wall s; RTF = wall s / audio s; max|diff| vs the 1-rank stems (float32 WAV)")
+          "  x realtime = audio s / wall s; RTF = wall s / audio s; max|diff| vs the 1-rank stems (float32 WAV);\n"
+          "  start s: wall time of only starting up (interpreter, imports, model load, + MPI_Init under mpiexec);\n"
+          "  excl.: speedup of the wall time after start-up, (wall(1) - start(1)) / (wall(N) - start(N))")
     writes = ", ".join(f"{s_['write_s']:.2f}" for s_ in song_stats)
     inplace = ", ".join(str(s_.get("in_place_samples", 0)) for s_ in song_stats)
     print("\nmodel inputs (3-min song, split mode):")
@@ -288,7 +313,7 @@ def main() -> None:
           + "  ".join(f"{p}: {b:.2f} s ({b / per_s:.0f}x)" for p, b in budget_fine.items()))
     out = {"model": model, "stems": list(sep.sources), "segment": seg, "cores": os.cpu_count(), "load_avg": load,
            "cores_available": avail,
-           "rows": rows, "stats": stats_by, "comm_probe": comm, "launch_s": launch,
+           "rows": rows, "stats": stats_by, "startup_s": startup, "comm_probe": comm, "launch_s": launch,
            "model_inputs": {"n_chunks": n_chunks, "t_chunk_cpu": t_chunk, "t_chunk_wall_in_mpi_run": t_chunk_wall,
                             "t_chunk_cpu_alone": t_chunk_alone, "serial": serial, "gather_mb": gather_mb,
                             "inline_s_per_mb": inline_s_per_mb},
