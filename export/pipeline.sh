@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default model from scratch: render data -> train -> export -> measure.
 #
-#   export/pipeline.sh                 # everything, ~2 h 15 min on the 2-core machine
+#   export/pipeline.sh                 # everything, ~2 h on the 2-core machine
 #   MINUTES=5 export/pipeline.sh       # a quick dry run of the same steps
 #
 # Each step is resumable: the data step is skipped when dataset.json exists, training resumes
@@ -16,8 +16,11 @@ DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals
 RUNS=${RUNS:-/work/runs}
 MM_RUN=${MM_RUN:-$RUNS/mmdense3}
 UMX_RUN=${UMX_RUN:-$RUNS/umx3}
-MINUTES=${MINUTES:-100}               # training-step wall clock, each
+MINUTES=${MINUTES:-90}                # training-step wall clock, each
 mkdir -p "$RUNS"
+
+# 0. Set-up, plus the openunmix package (the baseline architecture; installed --no-deps).
+make bench-deps
 
 # 1. Training data: 160 rendered pop songs x 30 s, MUSDB layout (128 train / 16 valid / 16 test),
 #    ~15 min with 2 jobs.
