@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from stemcli.modelcard import CARD_FORMAT, save_card, sha256_file
+from stemcli.modelcard import CARD_FORMAT, command_line, save_card, sha256_file
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -198,12 +198,6 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     os.replace(tmp, onnx_path)
 
 
-def _this_command() -> str:
-    """This process's command line, with the program as its bare name (``stemcli export ...``)."""
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    return " ".join(shlex.quote(a) for a in [prog, *sys.argv[1:]])
-
-
 def export_run(
     run_dir: str | Path,
     out_onnx: str | Path,
@@ -300,7 +294,7 @@ def export_run(
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
-        "command": command or _this_command(),
+        "command": command or command_line(),
     }
     save_card(card, out_onnx.with_suffix(".json"))
     return card

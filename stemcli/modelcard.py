@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,17 @@ def find_card(model: str | Path | None, default: str) -> Path:
     if p.suffix == ".json" or p.exists():
         return p
     return models_dir() / f"{p.name}.json"
+
+
+PROGRAM_NAMES = {"__main__.py": "stemcli", "loop.py": "python -m stemcli.train.loop"}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that made an artifact, as a user would retype it: ``stemcli export ...``.
+
+    ``python -m stemcli`` runs as ``.../stemcli/__main__.py`` and is recorded as ``stemcli``.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    prog = Path(argv[0]).name if argv and argv[0] else "python"
+    prog = PROGRAM_NAMES.get(prog, prog)
+    return " ".join([prog, *(shlex.quote(a) for a in argv[1:])])

@@ -123,3 +123,12 @@ def test_parity_failure_raises_and_leaves_no_card(run_dir: Path, real_audio: Pat
 def test_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config.json"):
         export_run(tmp_path, tmp_path / "x.onnx")
+
+
+def test_command_line_names_the_cli_as_users_type_it() -> None:
+    from stemcli.modelcard import command_line
+
+    main = "/x/.venv/lib/python3.11/site-packages/stemcli/__main__.py"
+    assert command_line([main, "export", "runs/a b", "-o", "m.onnx"]) == "stemcli export 'runs/a b' -o m.onnx"
+    assert command_line(["/x/.venv/bin/stemcli", "train", "mmdense"]) == "stemcli train mmdense"
+    assert command_line(["/x/stemcli/train/loop.py", "umx"]) == "python -m stemcli.train.loop umx"

@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import time
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from stemcli.data.datasets import StemDataset
+from stemcli.modelcard import command_line
 from stemcli.train import archs
 
 SILENT = 1e-6  # mean-square below which a validation stem counts as silent
@@ -58,15 +58,6 @@ def _write_json(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-def _this_command() -> str:
-    """This process's command line (``python -m stemcli.train.loop ...`` or ``stemcli train ...``)."""
-    argv = list(sys.argv)
-    prog = Path(argv[0]).name if argv and argv[0] else "python"
-    if prog == "loop.py":
-        prog = "python -m stemcli.train.loop"
-    return " ".join([prog, *(shlex.quote(a) for a in argv[1:])])
 
 
 def data_card(root: Path) -> dict[str, Any]:
@@ -203,7 +194,7 @@ def train(
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
         run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
-        run_cfg.setdefault("commands", []).append(_this_command())
+        run_cfg.setdefault("commands", []).append(command_line())
         card = data_card(data)
         if card.get("root") != run_cfg["data"].get("root"):  # fine-tuning on other data: keep the history
             run_cfg.setdefault("data_history", [run_cfg["data"]]).append(card)
@@ -212,7 +203,7 @@ def train(
         model_cfg = archs.default_config(plugin)
         model_cfg.update(config or {})
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
-                   "commands": [_this_command()]}
+                   "commands": [command_line()]}
     _write_json(run_cfg, cfg_path)
 
     sources = list(model_cfg["sources"])
