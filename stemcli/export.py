@@ -24,7 +24,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -321,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--context", type=float, default=1.0)
     a = p.parse_args(argv)
     try:
-        command = " ".join(shlex.quote(x) for x in ["python", "-m", "stemcli.export", *(argv if argv is not None else sys.argv[1:])])
+        command = command_line(None if argv is None else ["export.py", *argv])
         card = export_run(a.run_dir, a.output, a.check_audio, segment=a.segment, context=a.context, command=command)
     except (ValueError, ExportError) as exc:
         sys.exit(f"error: {exc}")

@@ -121,7 +121,7 @@ def find_card(model: str | Path | None, default: str) -> Path:
     return models_dir() / f"{p.name}.json"
 
 
-PROGRAM_NAMES = {"__main__.py": "stemcli", "loop.py": "python -m stemcli.train.loop"}
+PROGRAM_NAMES = {"__main__.py": "stemcli", "loop.py": "python -m stemcli.train.loop", "export.py": "python -m stemcli.export"}
 
 
 def command_line(argv: list[str] | None = None) -> str:

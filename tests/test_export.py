@@ -132,3 +132,4 @@ def test_command_line_names_the_cli_as_users_type_it() -> None:
     assert command_line([main, "export", "runs/a b", "-o", "m.onnx"]) == "stemcli export 'runs/a b' -o m.onnx"
     assert command_line(["/x/.venv/bin/stemcli", "train", "mmdense"]) == "stemcli train mmdense"
     assert command_line(["/x/stemcli/train/loop.py", "umx"]) == "python -m stemcli.train.loop umx"
+    assert command_line(["/x/stemcli/export.py", "runs/a", "-o", "m.onnx"]) == "python -m stemcli.export runs/a -o m.onnx"
