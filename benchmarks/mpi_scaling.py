@@ -9,6 +9,9 @@ Measures, in one invocation and on generated audio (nothing downloaded):
 * per-chunk compute time, write times, samples each rank wrote in place, and the Gatherv
   transfer cost (from
   ``STEMCLI_MPI_STATS``), plus a clean Gatherv probe in MB/s;
+* the same work split by hand into N independent plain processes started together (the song
+  cut into N files, the folder dealt out file by file), no MPI at all: what N processes on this
+  machine can do with every start-up paid and nothing exchanged, the reference for the MPI rows;
 * a small Amdahl-style model extrapolating the 3-minute song to 16 and 32 ranks.
 
 Usage::
@@ -96,6 +99,40 @@ def run_separate(ranks: int, inputs: list[Path], outdir: Path, model: str | None
     if r.returncode != 0:
         sys.exit(f"failed ({' '.join(cmd)}):\n{r.stderr}")
     return wall, cpu
+
+
+def run_by_hand(groups: list[list[Path]], outdir: Path, model: str | None) -> float:
+    """Wall seconds of ``len(groups)`` plain one-thread ``stemcli separate`` processes started
+    together, one per group of inputs (no MPI): the same work split by hand."""
+    env = mpi_env()
+    env["STEMCLI_THREADS"] = "1"
+    env.pop("STEMCLI_MPI_STATS", None)
+    cmds = []
+    for k, inputs in enumerate(groups):
+        args = [sys.executable, "-m", "stemcli", "separate", *map(str, inputs), "-o", str(outdir / f"p{k}"), "-q",
+                "--force", "--bit-depth", "32"]
+        cmds.append(args + (["-m", model] if model else []))
+    t = time.perf_counter()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    errs = [p.communicate()[1] for p in procs]
+    wall = time.perf_counter() - t
+    for c, p, e in zip(cmds, procs, errs):
+        if p.returncode != 0:
+            sys.exit(f"failed ({' '.join(c)}):\n{e}")
+    return wall
+
+
+def cut_song(song: Path, parts: int, outdir: Path) -> list[Path]:
+    """``song`` cut into ``parts`` consecutive files of equal length."""
+    x, sr = sf.read(str(song), dtype="float32", always_2d=True)
+    bounds = np.linspace(0, len(x), parts + 1).astype(int)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(parts):
+        p = outdir / f"part{k}.wav"
+        sf.write(str(p), x[bounds[k] : bounds[k + 1]], sr, subtype="PCM_16")
+        paths.append(p)
+    return paths
 
 
 def startup_wall(ranks: int, model: str | None, reps: int = 3) -> float:
@@ -215,6 +252,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     avail = {1: cores_available(1), a.ranks: cores_available(a.ranks)}
     rows = []
+    by_hand: dict[str, dict] = {}
     stats_by: dict[str, list] = {}
     for name, inputs, audio_s in (
         (f"{a.song_seconds / 60:g}-min song", [song], a.song_seconds),
@@ -229,6 +267,14 @@ def main() -> None:
             if stats is not None:
                 stats_by[key] = json.loads(stats.read_text())
         diff = max_diff(work / f"out-{key}-1", work / f"out-{key}-{a.ranks}")
+        if key == "song":
+            groups = [[p] for p in cut_song(song, a.ranks, work / "song-parts")]
+        else:
+            files = sorted(folder.glob("*.wav"))
+            groups = [files[k :: a.ranks] for k in range(a.ranks)]
+        hand = min(run_by_hand(groups, work / f"out-{key}-hand", model) for _ in range(max(1, a.repeat)))
+        by_hand[key] = {"ranks": a.ranks, "wall_s": hand, "speedup": walls[1] / hand,
+                        "groups": [[str(p.name) for p in g] for g in groups]}
         crit = {1: cpus[1], a.ranks: max(r["cpu_s"] for r in stats_by[key])}
         for p in (1, a.ranks):
             sp = walls[1] / walls[p]
@@ -290,6 +336,11 @@ def main() -> None:
           "  x realtime = audio s / wall s; RTF = wall s / audio s; max|diff| vs the 1-rank stems (float32 WAV);\n"
           "  start s: wall time of only starting up (interpreter, imports, model load, + MPI_Init under mpiexec);\n"
           "  excl.: speedup of the wall time after start-up, (wall(1) - start(1)) / (wall(N) - start(N))")
+    print(f"\nthe same work split by hand into {a.ranks} plain one-thread processes started together (no MPI; "
+          "the song cut into equal files):")
+    for key, h in by_hand.items():
+        label = next(r["label"] for r in rows if r["workload"] == key)
+        print(f"{label:<14} {h['ranks']:>5} {h['wall_s']:>8.2f} {h['speedup']:>7.2f}x")
     writes = ", ".join(f"{s_['write_s']:.2f}" for s_ in song_stats)
     inplace = ", ".join(str(s_.get("in_place_samples", 0)) for s_ in song_stats)
     print("\nmodel inputs (3-min song, split mode):")
@@ -313,7 +364,7 @@ def main() -> None:
           + "  ".join(f"{p}: {b:.2f} s ({b / per_s:.0f}x)" for p, b in budget_fine.items()))
     out = {"model": model, "stems": list(sep.sources), "segment": seg, "cores": os.cpu_count(), "load_avg": load,
            "cores_available": avail,
-           "rows": rows, "stats": stats_by, "startup_s": startup, "comm_probe": comm, "launch_s": launch,
+           "rows": rows, "by_hand": by_hand, "stats": stats_by, "startup_s": startup, "comm_probe": comm, "launch_s": launch,
            "model_inputs": {"n_chunks": n_chunks, "t_chunk_cpu": t_chunk, "t_chunk_wall_in_mpi_run": t_chunk_wall,
                             "t_chunk_cpu_alone": t_chunk_alone, "serial": serial, "gather_mb": gather_mb,
                             "inline_s_per_mb": inline_s_per_mb},

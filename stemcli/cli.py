@@ -174,15 +174,20 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True, help="Validate every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
-def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume) -> None:
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="JSON file of architecture overrides, e.g. {\"low\": {\"lstm\": 64}} (nested keys merge).")
+def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
+    from stemcli.train.loop import read_config_overrides
     from stemcli.train.loop import train as train_run
 
     if steps is None and minutes is None:
         raise click.ClickException("give --steps or --minutes (or both: whichever comes first)")
     try:
+        overrides = read_config_overrides(config_file) if config_file is not None else None
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
-                  threads=threads, seed=seed, lr=lr, val_every=val_every, log=lambda m: click.echo(m, err=True))
+                  threads=threads, seed=seed, lr=lr, val_every=val_every, config=overrides,
+                  log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -475,37 +475,60 @@ def rank_share(chunks: Sequence[Any], a: int, b: int) -> Share | None:
     return Share(lo, e0, max(e0, e1), hi)
 
 
-def _rank_sums(sep: "Separator", src: Any, chunks: Sequence[Any], a: int, b: int, stats: RankStats) -> "np.ndarray":
-    """Weighted sums over ``[chunks[a].start, chunks[b-1].stop)``: [shape=(rows, n)] float64."""
+def _rank_pass(sep: "Separator", src: Any, chunks: Sequence[Any], a: int, b: int, share: Share, stats: RankStats,
+               interior: Callable[[int, "np.ndarray"], None],
+               on_chunk: Callable[[int], None] | None = None) -> tuple["np.ndarray", "np.ndarray"]:
+    """Run ``chunks[a:b]``: the interior ``[e0, e1)`` streams out as finished float32 blocks
+    (:class:`~stemcli.chunking.OrderedJoin`, as in one process), the borders come back as sums.
+
+    Args:
+        interior: receives ``(start, block [shape=(sources, channels, n)] float32)`` in order.
+        on_chunk: called with the chunk index after each chunk (progress).
+
+    Returns:
+        The left ``[lo, e0)`` and right ``[e1, hi)`` border sums, [shape=(rows, n)] float64 each
+        (the weighted outputs, then the weights).
+    """
     import numpy as np
 
-    from stemcli.chunking import OverlapAdd
+    from stemcli.chunking import OrderedJoin, OverlapAdd
     from stemcli.pipeline import run_chunk
 
     S, C = len(sep.sources), sep.channels
-    lo, hi = chunks[a].start, chunks[b - 1].stop
-    ola = OverlapAdd(S, C, lo, hi)
-    outs, ws = [], []
+    left = OverlapAdd(S, C, share.lo, share.e0) if share.e0 > share.lo else None
+    right = OverlapAdd(S, C, share.e1, share.hi) if share.hi > share.e1 else None
+    join = OrderedJoin(S, C, chunks[a:b], share.e0, share.e1) if share.e1 > share.e0 else None
     for i in range(a, b):
         t, c = time.perf_counter(), time.process_time()
-        ola.add(chunks[i], run_chunk(sep, src, chunks[i]))
+        y = run_chunk(sep, src, chunks[i])
         stats.chunk_s += time.perf_counter() - t
         stats.chunk_cpu_s += time.process_time() - c
         stats.chunks += 1
-        out, w = ola.raw(chunks[i + 1].start if i + 1 < b else hi)  # pop as we go: memory stays flat
-        outs.append(out.reshape(S * C, -1))
-        ws.append(w)
-    return np.concatenate([np.concatenate(outs, axis=1), np.concatenate(ws)[None]], axis=0)
+        for ola in (left, right):
+            if ola is not None:
+                ola.add(chunks[i], y)
+        if join is not None:
+            for start, block in join.push(y):
+                interior(start, block)
+        if on_chunk is not None:
+            on_chunk(i)
+    if join is not None:
+        for start, block in join.finish():
+            interior(start, block)
+
+    def sums(ola: OverlapAdd | None, upto: int) -> np.ndarray:
+        if ola is None:
+            return np.zeros((S * C + 1, 0))
+        out, w = ola.raw(upto)
+        return np.concatenate([out.reshape(S * C, -1), w[None]], axis=0)
+
+    return sums(left, share.e0), sums(right, share.hi)
 
 
-def _pack(sums: "np.ndarray", share: Share, sources: int, channels: int) -> "np.ndarray":
-    """Borders as float64 sums, interior normalised to float32, as one byte buffer."""
+def _pack(left: "np.ndarray", inner: "np.ndarray", right: "np.ndarray") -> "np.ndarray":
+    """Border sums (float64) and the interior (float32, may be empty) as one byte buffer."""
     import numpy as np
 
-    lo = share.lo
-    left = sums[:, : share.e0 - lo]
-    inner = normalise(sums[:, share.e0 - lo : share.e1 - lo], sources, channels)
-    right = sums[:, share.e1 - lo :]
     return np.concatenate([np.ascontiguousarray(x).view(np.uint8).ravel() for x in (left, inner, right)])
 
 
@@ -709,29 +732,38 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
         S, C = len(sep.sources), sep.channels
         rows = S * C + 1
         index = {s: sep.sources.index(s) for s in job.outputs}
-        per_rank = chunks_per_rank(size, rows, chunks[0].length)
+        # in place, a rank keeps only its border sums (the interior streams to disk) and rank 0
+        # gathers borders only: one round, each rank one contiguous run of chunks, so one
+        # border per pair of neighbours.  Gathering interiors too, rounds bound rank 0's buffer.
+        per_rank = -(-len(chunks) // size) if inplace else chunks_per_rank(size, rows, chunks[0].length)
         carry: list[tuple[int, Any]] = []
         written = 0
         for first, stop in plan_rounds(len(chunks), size, per_rank):
             ranges = [split_range(first, stop, size, r) for r in range(size)]
             shares = [rank_share(chunks, a, b) for a, b in ranges]
             send = np.zeros(0, np.uint8)
+            upto = chunks[stop].start if stop < len(chunks) else src.frames
             if err is None and shares[rank] is not None:
                 try:
-                    sums = _rank_sums(sep, src, chunks, *ranges[rank], stats)
                     sh = shares[rank]
-                    if inplace:
-                        tw = time.perf_counter()
-                        if sh.e1 > sh.e0:
-                            inner = normalise(sums[:, sh.e0 - sh.lo : sh.e1 - sh.lo], S, C)
-                            ranged.write_at(sh.e0, {s: inner[i] for s, i in index.items()})
-                            stats.in_place_samples += sh.e1 - sh.e0
-                        stats.write_s += time.perf_counter() - tw
-                        left, right = sums[:, : sh.e0 - sh.lo], sums[:, sh.e1 - sh.lo :]
-                        send = np.concatenate([np.ascontiguousarray(x).view(np.uint8).ravel() for x in (left, right)])
-                    else:
-                        send = _pack(sums, sh, S, C)
-                    del sums
+                    inners: list[np.ndarray] = []
+                    own = ranges[rank][1] - ranges[rank][0]
+                    span = (upto - written) / sep.sample_rate  # rank 0's bar: the round, by its own chunks
+
+                    def interior(start: int, block: np.ndarray) -> None:
+                        if inplace:
+                            tw = time.perf_counter()
+                            ranged.write_at(start, {s: block[i] for s, i in index.items()})
+                            stats.in_place_samples += block.shape[-1]
+                            stats.write_s += time.perf_counter() - tw
+                        else:
+                            inners.append(block.reshape(S * C, -1))
+
+                    left, right = _rank_pass(sep, src, chunks, *ranges[rank], sh, stats, interior,
+                                             (lambda k: bars.advance(span / own)) if rank == 0 else None)
+                    inner = np.concatenate(inners, axis=1) if inners else np.zeros((S * C, 0), np.float32)
+                    send = _pack(left, inner, right)
+                    del left, right, inners, inner
                 except Exception as exc:
                     err = _describe(exc)
             ts = time.perf_counter()
@@ -764,7 +796,6 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
                             left, inner, right = _unpack(buf, sh, rows)
                             pieces += [(sh.lo, left), (sh.e1, right)]
                             inners.append((sh.e0, inner))
-                    upto = chunks[stop].start if stop < len(chunks) else src.frames
                     if inplace:
                         done, carry = border_blocks(pieces, upto, S, C)
                         for start, block in done:
@@ -774,7 +805,8 @@ def _run_split(comm: Any, MPI: Any, job: "Job", sep: "Separator", opts: "BatchOp
                         blocks, carry = assemble(pieces, inners, written, upto, S, C)
                         for block in blocks:
                             writer.write({s: block[i] for s, i in index.items()})
-                    bars.advance((upto - written) / sep.sample_rate)
+                    if shares[0] is None:  # rank 0 ran no chunk this round: its bar moves now
+                        bars.advance((upto - written) / sep.sample_rate)
                     written = upto
                 except Exception as exc:
                     err = _describe(exc)  # told to the others at the next agreement

@@ -137,7 +137,9 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
 
     from stemcli.spectral import separate_with_masks
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from stemcli.runtime import session_options
+
+    sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     frontend = _frontend(model)
     n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))

@@ -10,7 +10,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from stemcli.audio import ArraySource
-from stemcli.chunking import Chunk, OverlapAdd, plan_chunks
+from stemcli.chunking import Chunk, OrderedJoin, plan_chunks
 from stemcli.plugins import Separator, SeparatorError
 
 
@@ -68,18 +68,14 @@ def stream(
         on_chunk: called with the number of samples each finished chunk covered (progress).
     """
     hi = source.frames if hi is None else hi
-    ola = OverlapAdd(len(separator.sources), separator.channels, lo, hi)
-    for i, chunk in enumerate(chunks):
-        ola.add(chunk, run_chunk(separator, source, chunk))
-        nxt = chunks[i + 1].start if i + 1 < len(chunks) else hi
-        block = ola.pop(nxt)
-        if block.shape[-1]:
+    join = OrderedJoin(len(separator.sources), separator.channels, chunks, lo, hi)
+    for chunk in chunks:
+        for _, block in join.push(run_chunk(separator, source, chunk)):
             sink(block)
         if on_chunk is not None:
             on_chunk(chunk.length)
-    rest = ola.pop(hi)
-    if rest.shape[-1]:
-        sink(rest)
+    for _, block in join.finish():
+        sink(block)
 
 
 def separate_array(

@@ -43,6 +43,23 @@ PART_SECONDS = 16.0  # longest time part: a 30 s chunk with 2 x 1 s context runs
 FADE_SECONDS = 0.05
 
 
+def session_options(intra: int | None = None) -> Any:
+    """The onnxruntime session options stemcli runs models with (export's parity check too).
+
+    ``intra`` intra-op threads (``None``: onnxruntime's choice); one inter-op thread; denormals
+    flushed to zero (``session.set_denormal_as_zero``: about 7 % faster on the shipped model,
+    whose ReLU activations decay into the denormal range; a flushed value is below 1.2e-38).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if intra:
+        opts.intra_op_num_threads = int(intra)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return opts
+
+
 def split_points(total: int, parts: int, min_part: int, align: int = 1) -> list[int]:
     """Boundaries ``[0, b1, ..., total]`` of at most ``parts`` near-equal parts >= ``min_part``,
     inner boundaries on multiples of ``align`` (STFT hop x the network's time stride: every
@@ -151,12 +168,8 @@ class OnnxSeparator(Separator):
     def _onnx_runner(self, path: Path, intra: int | None) -> Any:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if intra:
-            opts.intra_op_num_threads = int(intra)
-        opts.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), session_options(intra), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
         in_name = session.get_inputs()[0].name

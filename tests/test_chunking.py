@@ -80,3 +80,57 @@ def test_overlap_add_rejects_wrong_shape() -> None:
     ola = OverlapAdd(2, 2, 0, 100)
     with pytest.raises(ValueError, match="expected output shape"):
         ola.add(plan[0], np.zeros((2, 2, 49)))
+
+
+class _NoisySeparator(IdentitySeparator):
+    """Each call returns different noise spanning 1e-30 .. 1e3 in magnitude: an overlap that was
+    not weighted, or a weighted sample that was not, shows up as a bit difference."""
+
+    def separate(self, mix: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.calls)
+        self.calls += 1
+        shape = (mix.shape[0], 2, *mix.shape[1:])
+        return (rng.standard_normal(shape) * 10.0 ** rng.uniform(-30, 3, shape)).astype(np.float32)
+
+
+def _weighted_average(outputs: list[np.ndarray], plan: list, total: int) -> np.ndarray:
+    """The textbook weighted overlap-add, in float64, without any shortcut."""
+    acc = np.zeros((2, 2, total))
+    wsum = np.zeros(total)
+    for c, y in zip(plan, outputs):
+        w = chunk_weight(c.length)
+        acc[..., c.start : c.stop] += y.astype(np.float64) * w
+        wsum[c.start : c.stop] += w
+    return (acc / wsum).astype(np.float32)
+
+
+@pytest.mark.parametrize("total,segment,overlap", [(1000, 2000, 0.25), (10_000, 1500, 0.25), (10_000, 1500, 0.0),
+                                                   (10_001, 700, 0.8), (9_999, 3000, 0.5)])
+def test_stream_equals_the_weighted_average_bit_for_bit(total: int, segment: int, overlap: float) -> None:
+    """Samples only one chunk covers bypass the weights; the stems must not change by one bit."""
+    rate = 10_000
+    x = np.zeros((2, total), np.float32)
+    sep = _NoisySeparator(segment=segment / rate, context=0.003, sample_rate=rate)
+    got = separate_array(sep, x, overlap=overlap)
+    plan = plan_chunks(total, segment, overlap, int(round(0.003 * rate)))
+    replay = _NoisySeparator(segment=segment / rate, context=0.003, sample_rate=rate)
+    outputs = []
+    for c in plan:
+        y = replay.separate(np.zeros((1, 2, c.in_stop - c.in_start), np.float32))[0]
+        outputs.append(y[..., c.start - c.in_start : c.start - c.in_start + c.length])
+    want = _weighted_average(outputs, plan, total)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+def test_overlap_add_skip_refuses_accumulated_samples() -> None:
+    plan = plan_chunks(100, 60, 0.5)
+    ola = OverlapAdd(1, 1, 0, 100)
+    ola.add(plan[0], np.ones((1, 1, 60)))
+    with pytest.raises(ValueError, match="cannot skip"):
+        ola.skip(10)
+    fresh = OverlapAdd(1, 1, 0, 100)
+    fresh.skip(30)
+    assert fresh.base == 30
+    with pytest.raises(ValueError, match="before emitted sample"):
+        fresh.add(plan[0], np.ones((1, 1, 60)))

@@ -25,11 +25,10 @@ from stemcli.batch import BatchOptions, run_batch
 from stemcli.distributed import (
     RankStats,
     _pack,
-    _rank_sums,
+    _rank_pass,
     _unpack,
     assemble,
     border_blocks,
-    normalise,
     lpt_assign,
     mpi_rank,
     mpi_world_size,
@@ -161,7 +160,12 @@ def test_simulated_ranks_reassemble_like_one_process(frames: int, overlap: float
             share = rank_share(chunks, a, b)
             if share is None:
                 continue
-            buf = _pack(_rank_sums(sep, src, chunks, a, b, RankStats(r)), share, S, C)
+            parts: list = []
+            edges = _rank_pass(sep, src, chunks, a, b, share, RankStats(r),
+                               lambda start, block: parts.append((start, block.reshape(S * C, -1))))
+            assert [st for st, _ in parts][:1] == ([share.e0] if share.e1 > share.e0 else [])
+            inner = np.concatenate([blk for _, blk in parts], axis=1) if parts else np.zeros((S * C, 0), np.float32)
+            buf = _pack(edges[0], inner, edges[1])
             assert buf.size == share.nbytes(rows)
             left, inner, right = _unpack(buf, share, rows)
             pieces += [(share.lo, left), (share.e1, right)]
@@ -172,10 +176,11 @@ def test_simulated_ranks_reassemble_like_one_process(frames: int, overlap: float
         written = upto
     out = np.concatenate(got, axis=-1)
     assert out.shape == want.shape
-    np.testing.assert_allclose(out, want, atol=1e-6, rtol=0)
+    assert np.array_equal(out, want)  # the same sums in the same order: bit for bit
 
 
-@pytest.mark.parametrize("frames,overlap,ranks,per_rank", [(1234, 0.25, 2, 1), (999, 0.9, 4, 1), (5000, 0.5, 3, 2)])
+@pytest.mark.parametrize("frames,overlap,ranks,per_rank",
+                         [(1234, 0.25, 2, 1), (999, 0.9, 4, 1), (5000, 0.5, 3, 2), (5000, 0.25, 2, 99), (2001, 0.0, 3, 99)])
 def test_simulated_in_place_writes_like_one_process(frames: int, overlap: float, ranks: int, per_rank: int) -> None:
     """In-place mode: interiors written by their ranks, borders by rank 0 = single-process output."""
     sep = RunningSum()
@@ -193,17 +198,23 @@ def test_simulated_in_place_writes_like_one_process(frames: int, overlap: float,
             sh = rank_share(chunks, a, b)
             if sh is None:
                 continue
-            sums = _rank_sums(sep, src, chunks, a, b, RankStats(r))
-            assert np.all(np.isnan(out[..., sh.e0 : sh.e1]))  # nobody wrote there before
-            out[..., sh.e0 : sh.e1] = normalise(sums[:, sh.e0 - sh.lo : sh.e1 - sh.lo], S, C)
-            pieces += [(sh.lo, sums[:, : sh.e0 - sh.lo]), (sh.e1, sums[:, sh.e1 - sh.lo :])]
+
+            def write(start: int, block: np.ndarray, sh=sh) -> None:
+                n = block.shape[-1]
+                assert sh.e0 <= start and start + n <= sh.e1  # only inside its own interior
+                assert np.all(np.isnan(out[..., start : start + n]))  # nobody wrote there before
+                out[..., start : start + n] = block
+
+            left, right = _rank_pass(sep, src, chunks, a, b, sh, RankStats(r), write)
+            assert left.shape[1] == sh.e0 - sh.lo and right.shape[1] == sh.hi - sh.e1
+            pieces += [(sh.lo, left), (sh.e1, right)]
         upto = chunks[stop].start if stop < len(chunks) else frames
         done, carry = border_blocks(pieces, upto, S, C)
         for start, block in done:
             assert start + block.shape[-1] <= upto and np.all(np.isnan(out[..., start : start + block.shape[-1]]))
             out[..., start : start + block.shape[-1]] = block
     assert not carry and not np.isnan(out).any()
-    np.testing.assert_allclose(out, want, atol=1e-6, rtol=0)
+    assert np.array_equal(out, want)
 
 
 def test_interior_is_exclusive_to_one_rank() -> None:

@@ -133,3 +133,12 @@ def test_command_line_names_the_cli_as_users_type_it() -> None:
     assert command_line(["/x/.venv/bin/stemcli", "train", "mmdense"]) == "stemcli train mmdense"
     assert command_line(["/x/stemcli/train/loop.py", "umx"]) == "python -m stemcli.train.loop umx"
     assert command_line(["/x/stemcli/export.py", "runs/a", "-o", "m.onnx"]) == "python -m stemcli.export runs/a -o m.onnx"
+
+
+def test_session_options_flush_denormals_and_set_threads() -> None:
+    from stemcli.runtime import session_options
+
+    opts = session_options(2)
+    assert opts.get_session_config_entry("session.set_denormal_as_zero") == "1"
+    assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
+    assert session_options().intra_op_num_threads == 0  # onnxruntime's own choice

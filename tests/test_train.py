@@ -137,3 +137,37 @@ def test_resume_on_other_data_records_history_and_restarts_best(tiny_musdb: Path
     assert [d["root"] for d in cfg["data_history"]] == [str(tiny_musdb), str(other)]
     assert any("starts again" in line for line in lines)
     assert torch.load(out / "best.pt", weights_only=True)["step"] > 4  # chosen on the new validation data
+
+
+def test_config_overrides_merge_and_must_match_on_resume(tiny_musdb: Path, tmp_path: Path) -> None:
+    from stemcli.train.loop import merge_config, read_config_overrides
+
+    assert merge_config({"a": {"x": 1, "y": 2}, "b": 3}, {"a": {"y": 5}}) == {"a": {"x": 1, "y": 5}, "b": 3}
+    out = tmp_path / "run"
+    kw = dict(batch=2, seconds=0.5, threads=1, seed=0, val_every=2, val_excerpts=1, val_seconds=0.5, log=lambda m: None)
+    train("mmdense", tiny_musdb, out, steps=2, config=merge_config(TINY, {"low": {"lstm": 3}}), **kw)
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["low"] == {"growth": 4, "layers": [1, 1], "pool": [1, 1], "lstm": 3}
+    assert model["full"]["lstm"] == 4
+    with pytest.raises(ValueError, match="differs from the given overrides"):
+        train("mmdense", tiny_musdb, out, steps=3, resume=True, config={"low": {"lstm": 5}}, **kw)
+    train("mmdense", tiny_musdb, out, steps=3, resume=True, config={"low": {"lstm": 3}}, **kw)  # same: fine
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json: the config file must hold a JSON object"):
+        read_config_overrides(bad)
+    bad.write_text("{nope")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        read_config_overrides(bad)
+
+
+def test_cli_train_config_file_errors_name_the_file(tiny_musdb: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"),
+                                   "--steps", "1", "--config", str(tmp_path / "missing.json")])
+    assert res.exit_code != 0
+    assert "missing.json: cannot read the config file" in res.output
+    assert not (tmp_path / "r").exists()

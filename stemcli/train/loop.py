@@ -111,6 +111,32 @@ def validate(model: torch.nn.Module, excerpts: list[tuple[np.ndarray, np.ndarray
     return out
 
 
+def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied key by key, nested dicts merged (not replaced)."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge_config(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_overrides(path: str | Path) -> dict[str, Any]:
+    """Architecture overrides from a JSON file (an object, e.g. ``{"low": {"lstm": 64}}``).
+
+    Raises:
+        ValueError: naming ``path``: unreadable, not JSON, or not an object.
+    """
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the config file ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: the config file must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def _lr_at(lr: float, progress: float, step: int, warmup: int = 20) -> float:
     """Linear warm-up, constant, then cosine decay to 10% over the last 40% of the budget."""
     scale = min(1.0, (step + 1) / warmup)
@@ -158,7 +184,9 @@ def train(
         val_excerpts, val_seconds: validation set size.
         save_every: steps between checkpoints (also at the end).
         log_every: steps between loss lines.
-        config: overrides of the architecture's default config (e.g. a smaller model for tests).
+        config: overrides of the architecture's default config (e.g. a smaller model for tests;
+            nested dicts are merged, see :func:`merge_config`).  With ``resume`` they must
+            match the run's config.
         log: where progress lines go.
 
     Returns:
@@ -193,6 +221,9 @@ def train(
         model_cfg = run_cfg["model"]
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
+        if config and merge_config(model_cfg, config) != model_cfg:
+            raise ValueError(f"{cfg_path}: the run's model config differs from the given overrides; "
+                             "resume without them or use a new --out")
         run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
         run_cfg.setdefault("commands", []).append(command_line())
         card = data_card(data)
@@ -200,8 +231,7 @@ def train(
             run_cfg.setdefault("data_history", [run_cfg["data"]]).append(card)
             run_cfg["data"] = card
     else:
-        model_cfg = archs.default_config(plugin)
-        model_cfg.update(config or {})
+        model_cfg = merge_config(archs.default_config(plugin), config or {})
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
     _write_json(run_cfg, cfg_path)
@@ -334,11 +364,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--config", type=Path, help="JSON file of architecture config overrides")
     a = p.parse_args(argv)
     try:
+        overrides = read_config_overrides(a.config) if a.config else None
         train(a.plugin, a.data, a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, resume=a.resume,
               seconds=a.seconds, lr=a.lr, threads=a.threads, seed=a.seed, val_every=a.val_every,
-              save_every=a.save_every, log=lambda s: print(s, flush=True))
+              save_every=a.save_every, config=overrides, log=lambda s: print(s, flush=True))
     except ValueError as exc:
         sys.exit(f"error: {exc}")
 
