@@ -221,3 +221,12 @@ def test_sung_vocals_follow_the_melody():
         assert abs(12 * np.log2(f0 / expected)) < 0.5, (p, f0, expected)
         checked += 1
     assert checked >= 3
+
+
+def test_card_records_the_command_as_typed_without_an_explicit_one(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/stemcli/__main__.py", "synth", str(tmp_path / "my data"), "--kind", "speech"])
+    render_dataset(tmp_path / "my data", kind="speech", tracks=1, seconds=0.5, seed=1, progress=False)
+    card = json.loads((tmp_path / "my data" / "dataset.json").read_text())
+    assert card["command"] == f"stemcli synth '{tmp_path / 'my data'}' --kind speech"

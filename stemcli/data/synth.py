@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import shlex
 import shutil
 import struct
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from stemcli.modelcard import command_line
 
 KINDS = ("pop", "ensemble", "speech")
 KIND_CODE = {"pop": 1, "ensemble": 2, "speech": 3}
@@ -283,7 +284,8 @@ def render_dataset(
         jobs: worker processes.
         progress: show a tqdm bar on stderr.
         splits: (train, valid, test) fractions.
-        command: command line recorded in the card (default: ``sys.argv``).
+        command: command line recorded in the card (default: this process's command line as
+            :func:`stemcli.modelcard.command_line` writes it, e.g. ``stemcli synth ...``).
         overwrite: allow a non-empty ``outdir`` holding an earlier ``stemcli synth`` dataset; its
             track folders (as listed in its ``dataset.json``) are deleted first.
 
@@ -355,7 +357,7 @@ def render_dataset(
             **({"fluidsynth": _tool_version("fluidsynth")} if fonts else {}),
             **({"espeak-ng": _tool_version("espeak-ng")} if kind in ("pop", "speech") else {}),
         },
-        "command": command if command is not None else " ".join(shlex.quote(a) for a in sys.argv),
+        "command": command if command is not None else command_line(),
         "layout": "OUTDIR/{train,valid,test}/<track>/{mixture.wav, <stem>.wav}; mixture = float32 sum of stems",
         "track_list": results,
     }
