@@ -147,8 +147,6 @@ class OverlapAdd:
         w = self._weights.get(chunk.length)
         if w is None:
             w = self._weights[chunk.length] = chunk_weight(chunk.length, self.power)
-        if b <= a:
-            return
         self._grow(b)
         sl = slice(a - self.base, b - self.base)
         wa = w[a - chunk.start : b - chunk.start]
@@ -234,7 +232,7 @@ class OrderedJoin:
         chunk, ola = self.chunks[i], self.ola
         nxt = self.chunks[i + 1].start if i + 1 < len(self.chunks) else self.hi
         blocks: list[tuple[int, np.ndarray]] = []
-        s0, s1 = max(chunk.start, self.reach, self.lo, ola.base), min(chunk.stop, nxt, self.hi)
+        s0, s1 = max(chunk.start, self.reach, ola.base), min(chunk.stop, nxt, self.hi)
         if s1 > s0:  # [s0, s1): no other chunk covers these samples
             ola.add(chunk, out, stop=s0)
             start = ola.base

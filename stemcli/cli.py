@@ -148,12 +148,10 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
     the mixture is the exact sum of the stems; the same seed gives the same files.
     """
     from stemcli.data.synth import render_dataset
-    from stemcli.modelcard import command_line
 
-    command = command_line() if sys.argv[1:2] == ["synth"] else None
     try:
         card = render_dataset(outdir, kind=kind, tracks=tracks, seconds=seconds, seed=seed, soundfont=soundfont,
-                              jobs=jobs, progress=not quiet, command=command, overwrite=overwrite)
+                              jobs=jobs, progress=not quiet, overwrite=overwrite)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     if not quiet:
