@@ -36,7 +36,9 @@ demo: setup
 	$(VENV)/bin/stemcli separate $(EXAMPLE) -o separated --force
 	@echo "stems written to separated/$$(basename $(EXAMPLE) .ogg)/"
 
+# The Open-Unmix baseline's wrapper is tested too: openunmix is pure Python (--no-deps, ~100 kB).
 test: setup
+	$(PIP) install -q --no-deps openunmix==1.3.0
 	$(PY) -m pytest
 
 # Reference systems for benchmarks/speed.py (random weights; they import torchaudio only for

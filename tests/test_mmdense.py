@@ -205,3 +205,14 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
     assert reach == 95 if lstm else reach < 48
     if lstm:
         assert model.full.net.lstm.rnn.hidden_size == lstm
+
+
+def test_torch_fft_forward_equals_the_exportable_graph() -> None:
+    """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
+    model = tiny_model(3)
+    x = 0.3 * torch.randn(2, 2, 5_555, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got, want = model(x), model._forward_exportable(x)
+    assert got.shape == want.shape == (2, 4, 2, 5_555)
+    assert torch.max(torch.abs(got - want)) < 1e-5
+    assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from stemcli.transforms import CQT, ISTFT, STFT, Spectrogram
+from stemcli.transforms import CQT, ISTFT, STFT, Spectrogram, istft_native, stft_native
 
 torch.set_num_threads(1)
 CONFIGS = [(2048, 1024), (2048, 512), (1024, 256), (16, 4)]
@@ -128,3 +128,23 @@ def test_bad_parameters(n_fft: int, hop: int) -> None:
         STFT(n_fft, hop)
     with pytest.raises(ValueError):
         ISTFT(n_fft, hop)
+
+
+@pytest.mark.parametrize("n_fft,hop", CONFIGS)
+@pytest.mark.parametrize("length", [1, 777, 10_001])
+def test_native_fft_pair_equals_the_modules(n_fft: int, hop: int, length: int) -> None:
+    """stft_native / istft_native (torch's FFT, used in training) compute what STFT / ISTFT do."""
+    x = torch.randn(2, 2, length, generator=torch.Generator().manual_seed(length + n_fft))
+    bins = n_fft // 4 + 1
+    for nbins in (None, bins):
+        want = STFT(n_fft, hop, nbins).stacked(x)  # [2, B, C, bins, F]
+        got = stft_native(x, n_fft, hop, nbins)
+        assert got.shape == want.shape[1:] and got.is_complex()
+        scale = want.abs().max()
+        assert torch.max(torch.abs(got.real - want[0])) < 1e-6 * scale * n_fft / 16
+        assert torch.max(torch.abs(got.imag - want[1])) < 1e-6 * scale * n_fft / 16
+        y_want = ISTFT(n_fft, hop, nbins).stacked(want, length)
+        y_got = istft_native(got, n_fft, hop, length)
+        assert y_got.shape == x.shape
+        assert torch.max(torch.abs(y_got - y_want)) < 1e-5
+    assert torch.max(torch.abs(istft_native(stft_native(x, n_fft, hop), n_fft, hop, length) - x)) < 1e-5

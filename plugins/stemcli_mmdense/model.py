@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stemcli.transforms import ISTFT, STFT
+from stemcli.transforms import ISTFT, STFT, istft_native, stft_native
 
 MAG_EPS = 1e-10  # magnitude = sqrt(re^2 + im^2 + MAG_EPS)
 
@@ -220,9 +220,10 @@ class MMDenseNet(nn.Module):
         if self.split_bin >= self.max_bin:
             raise ValueError("mmdense config: split_bin must be below max_bin")
         self.multiple = multiple
-        if self.max_bin % STFT(n_fft, hop).p:
+        if self.max_bin % STFT(n_fft, hop).p:  # the exportable STFT's bin blocks
             raise ValueError(f"mmdense config: max_bin={self.max_bin} must be a multiple of {STFT(n_fft, hop).p}")
-        self.stft = STFT(n_fft, hop, bins=self.max_bin)
+        self.n_fft, self.hop = n_fft, hop
+        self.stft = STFT(n_fft, hop, bins=self.max_bin)  # exportable front end (ONNX export only)
         self.istft = ISTFT(n_fft, hop, bins=self.max_bin)
         # per-bin input normalisation on log-magnitude (learned)
         self.in_scale = nn.Parameter(torch.ones(self.max_bin))
@@ -281,6 +282,24 @@ class MMDenseNet(nn.Module):
         Returns:
             [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
         """
+        if torch.onnx.is_in_onnx_export():
+            return self._forward_exportable(wave)
+        b, c, t = wave.shape
+        n_fft, hop = self.n_fft, self.hop
+        spec = stft_native(wave, n_fft, hop, self.max_bin).transpose(-1, -2)  # [B, C, F, max_bin]
+        mag = torch.sqrt(spec.real.square() + spec.imag.square() + MAG_EPS)
+        m = _softmax_masks(self.logits(mag).reshape(b, self.n_src, c, mag.shape[2], self.max_bin))
+        # bins above max_bin go to the last source (the residual): they are never computed
+        est = istft_native((spec.unsqueeze(1) * m).transpose(-1, -2), n_fft, hop, t)  # [B, S-1, C, T]
+        return torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
+
+    def _forward_exportable(self, wave: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the matmul STFT modules, for a one-graph ONNX export. Args:
+            wave: [shape=(batch, channels, time)].
+
+        Returns:
+            [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
+        """
         b, c, t = wave.shape
         s1 = self.n_src - 1
         z = self.stft.fft_layout(wave)  # [2, K2, B, C, F, P], bin = P * k2 + k1
@@ -301,10 +320,9 @@ class MMDenseNet(nn.Module):
         last = wave - est.sum(dim=1)
         return torch.cat([est, last.unsqueeze(1)], dim=1)
 
-
     def frontend(self) -> dict[str, Any]:
         """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`)."""
-        return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
+        return {"type": "stft-masks", "n_fft": self.n_fft, "hop": self.hop, "bins": self.max_bin,
                 "eps": MAG_EPS, "residual": True}
 
     def mask_net(self) -> nn.Module:
@@ -319,9 +337,17 @@ class _MaskNet(nn.Module):
 
     def forward(self, mag: torch.Tensor) -> torch.Tensor:
         b, c, frames = mag.shape[0], mag.shape[1], mag.shape[2]
-        lg = self.net.logits(mag).reshape(b, self.net.n_src, c, frames, self.net.max_bin)
-        e = torch.exp(lg.clamp(-30.0, 30.0))
-        return e[:, :-1] / e.sum(dim=1, keepdim=True)
+        return _softmax_masks(self.net.logits(mag).reshape(b, self.net.n_src, c, frames, self.net.max_bin))
+
+
+def _softmax_masks(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over sources (axis 1) of ``[B, S, ...]`` logits, the first ``S - 1`` kept.
+
+    Written out with clamped logits (identical in training, in torch and in the ONNX graph,
+    where ``Softmax`` on a non-last axis would add transposes).
+    """
+    e = torch.exp(logits.clamp(-30.0, 30.0))
+    return e[:, :-1] / e.sum(dim=1, keepdim=True)
 
 
 def build(config: dict[str, Any]) -> MMDenseNet:
