@@ -3,13 +3,12 @@ between stemcli's STFT pair, trained by stemcli's trainer and exported to one ON
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from stemcli.export import export_model
 from stemcli_umx.model import UMXWaveform, openunmix_model
 
 try:  # `make test` installs openunmix (--no-deps); the wrapper stands in for its torchaudio import
@@ -41,11 +40,7 @@ def test_onnx_export_matches_the_torch_fft_forward(tmp_path) -> None:
     """The exported graph (matmul STFT pair) equals forward() (torch.stft/istft) at any length."""
     model = tiny_umx()
     path = tmp_path / "umx.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 2, 3_000),), str(path), dynamo=False, opset_version=17,
-                          input_names=["mix"], output_names=["stems"],
-                          dynamic_axes={"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}})
+    export_model(model, path, channels=2)  # what `stemcli export` writes (dynamic batch and time)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for shape in [(1, 2, 3_000), (2, 2, 7_777)]:

@@ -222,7 +222,6 @@ class MMDenseNet(nn.Module):
         self.multiple = multiple
         if self.max_bin % STFT(n_fft, hop).p:  # the exportable STFT's bin blocks
             raise ValueError(f"mmdense config: max_bin={self.max_bin} must be a multiple of {STFT(n_fft, hop).p}")
-        self.n_fft, self.hop = n_fft, hop
         self.stft = STFT(n_fft, hop, bins=self.max_bin)  # exportable front end (ONNX export only)
         self.istft = ISTFT(n_fft, hop, bins=self.max_bin)
         # per-bin input normalisation on log-magnitude (learned)
@@ -285,7 +284,7 @@ class MMDenseNet(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return self._forward_exportable(wave)
         b, c, t = wave.shape
-        n_fft, hop = self.n_fft, self.hop
+        n_fft, hop = self.stft.n_fft, self.stft.hop
         spec = stft_native(wave, n_fft, hop, self.max_bin).transpose(-1, -2)  # [B, C, F, max_bin]
         mag = torch.sqrt(spec.real.square() + spec.imag.square() + MAG_EPS)
         m = _softmax_masks(self.logits(mag).reshape(b, self.n_src, c, mag.shape[2], self.max_bin))
@@ -322,7 +321,7 @@ class MMDenseNet(nn.Module):
 
     def frontend(self) -> dict[str, Any]:
         """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`)."""
-        return {"type": "stft-masks", "n_fft": self.n_fft, "hop": self.hop, "bins": self.max_bin,
+        return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
                 "eps": MAG_EPS, "residual": True}
 
     def mask_net(self) -> nn.Module:

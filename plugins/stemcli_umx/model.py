@@ -108,22 +108,30 @@ class UMXWaveform(nn.Module):
             wave: [shape=(batch, channels, time)].
 
         Returns:
-            [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
+            [shape=(batch, sources, channels, time)]; the sources sum to ``wave`` except in
+            bins where every target's estimate is zero (Open-Unmix's soft masks are 0 there).
         """
-        b, c, t = wave.shape
-        s = len(self.targets)
-        if torch.onnx.is_in_onnx_export():  # the exportable matmul front end
-            spec = self.stft.stacked(wave)  # [2, B, C, bins, F]
-            mag = torch.sqrt((spec * spec).sum(0) + 1e-10)
-        else:  # the same transform through torch's FFT: faster in training and torch inference
-            z = stft_native(wave, self.stft.n_fft, self.stft.hop)  # [B, C, bins, F] complex
-            mag = torch.sqrt(z.real.square() + z.imag.square() + 1e-10)
-        est = torch.stack([umx_forward(net, mag) for net in self.targets], dim=1)  # [B, S, C, bins, F]
-        masks = est / (est.sum(dim=1, keepdim=True) + 1e-8)
         if torch.onnx.is_in_onnx_export():
-            masked = (spec.unsqueeze(2) * masks.unsqueeze(0)).reshape((2, b * s) + spec.shape[2:])
-            return self.istft.stacked(masked, t).reshape(b, s, c, t)
+            return self._forward_exportable(wave)
+        t = wave.shape[-1]
+        z = stft_native(wave, self.stft.n_fft, self.stft.hop)  # [B, C, bins, F] complex
+        masks = self._masks(torch.sqrt(z.real.square() + z.imag.square() + 1e-10))
         return istft_native(z.unsqueeze(1) * masks, self.stft.n_fft, self.stft.hop, t)
+
+    def _forward_exportable(self, wave: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with the matmul STFT modules, for a one-graph ONNX export."""
+        b, c, t = wave.shape
+        spec = self.stft.stacked(wave)  # [2, B, C, bins, F]
+        masks = self._masks(torch.sqrt((spec * spec).sum(0) + 1e-10))
+        s = len(self.targets)
+        masked = (spec.unsqueeze(2) * masks.unsqueeze(0)).reshape((2, b * s) + spec.shape[2:])
+        return self.istft.stacked(masked, t).reshape(b, s, c, t)
+
+    def _masks(self, mag: torch.Tensor) -> torch.Tensor:
+        """Soft masks ``[B, S, C, bins, F]`` from the mixture magnitude ``[B, C, bins, F]``: each
+        target's estimated magnitude over their sum (Open-Unmix's ``softmask``, ``niter=0``)."""
+        est = torch.stack([umx_forward(net, mag) for net in self.targets], dim=1)
+        return est / (est.sum(dim=1, keepdim=True) + 1e-8)
 
 
 def build(config: dict[str, Any]) -> UMXWaveform:
