@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals sung to the melody
 RUNS=${RUNS:-/work/runs}
-MM_RUN=${MM_RUN:-$RUNS/mmdense3}
-UMX_RUN=${UMX_RUN:-$RUNS/umx3}
+MM_RUN=${MM_RUN:-$RUNS/mmdense7}
+UMX_RUN=${UMX_RUN:-$RUNS/umx5}
+MM_CONFIG=${MM_CONFIG:-export/configs/mmdense7.json}  # the shipped architecture
 MINUTES=${MINUTES:-90}                # training-step wall clock, each
 mkdir -p "$RUNS"
 
@@ -28,11 +29,11 @@ if [ ! -f "$DATA/dataset.json" ]; then
     $PY -m stemcli synth "$DATA" --kind pop --tracks 160 --seconds 30 --seed 1 --jobs 2
 fi
 
-# 2. Train MMDenseNet (the shipped model, default config of stemcli_mmdense.model) and the
+# 2. Train MMDenseNet (the shipped model: $MM_CONFIG over stemcli_mmdense.model's defaults) and the
 #    Open-Unmix baseline (umxhq size) concurrently: same trainer, same data, same loss (L1 on
 #    waveforms), batch 8 x 3 s, Adam 1e-3, one thread each, the same wall-clock budget.
 $PY -m stemcli train mmdense --data "$DATA" --out "$MM_RUN" --minutes "$MINUTES" \
-    --batch 8 --seconds 3 --threads 1 --val-every 100 --resume >> "$MM_RUN.out" 2>&1 &
+    --batch 8 --seconds 3 --threads 1 --val-every 100 --config "$MM_CONFIG" --resume >> "$MM_RUN.out" 2>&1 &
 MM=$!
 $PY -m stemcli train umx --data "$DATA" --out "$UMX_RUN" --minutes "$MINUTES" \
     --batch 8 --seconds 3 --threads 1 --val-every 25 --resume >> "$UMX_RUN.out" 2>&1 &

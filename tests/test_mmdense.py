@@ -17,16 +17,20 @@ from conftest import TINY_MMDENSE as TINY
 
 torch.set_num_threads(1)
 
+# the convolutions on the lower half of the bins, the frame branch over all of them
+TINY_FRAME = {**TINY, "max_bin": 128, "conv_bin": 64, "frame": {"hidden": 6}}
 
 
-def tiny_model(seed: int = 0) -> MMDenseNet:
+def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
     torch.manual_seed(seed)
-    model = MMDenseNet(TINY)
+    model = MMDenseNet(config or TINY)
     # random BatchNorm statistics, so the test sees them folded into the exported graph
     for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
+    if model.frame is not None:  # its output layer starts at zero: make the branch visible
+        torch.nn.init.normal_(model.frame.out.weight, std=0.5)
     return model.eval()
 
 
@@ -81,7 +85,11 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"max_bin": 60}, {"split_bin": 64}, {"split_bin": 12}, {"n_fft": 1000}],
+    [{"max_bin": 60}, {"split_bin": 64}, {"split_bin": 12}, {"n_fft": 1000},
+     {"conv_bin": 32},  # bins above the convolutions without a frame branch
+     {"conv_bin": 128},  # above max_bin
+     {**TINY_FRAME, "conv_bin": 60},  # off the pooling grid
+     {**TINY_FRAME, "frame": {"hidden": 5}}],
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -98,15 +106,16 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-def test_separator_backends_and_api(tmp_path) -> None:
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME], ids=["conv", "frame-branch"])
+def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
     from stemcli_mmdense import MMDenseSeparator
 
     run = tmp_path / "run"
     run.mkdir()
-    model = tiny_model(3)
-    cfg = {**DEFAULT_CONFIG, **TINY}
+    model = tiny_model(3, tiny)
+    cfg = {**DEFAULT_CONFIG, **tiny}
     import json
 
     (run / "config.json").write_text(json.dumps({"model": cfg, "data": {}, "hyperparameters": {}}))
@@ -207,12 +216,72 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-def test_torch_fft_forward_equals_the_exportable_graph() -> None:
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME], ids=["conv", "frame-branch"])
+def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
-    model = tiny_model(3)
+    model = tiny_model(3, tiny)
     x = 0.3 * torch.randn(2, 2, 5_555, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         got, want = model(x), model._forward_exportable(x)
     assert got.shape == want.shape == (2, 4, 2, 5_555)
     assert torch.max(torch.abs(got - want)) < 1e-5
     assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5
+
+
+def test_frame_branch_starts_as_a_no_op() -> None:
+    """Its output layer is zero at initialisation: the masks are the convolutions' alone."""
+    cfg = {**TINY, "frame": {"hidden": 6}}
+    torch.manual_seed(1)
+    model = MMDenseNet(cfg).eval()
+    mag = torch.rand(1, 2, 40, TINY["max_bin"])
+    with torch.no_grad():
+        with_branch = model.masks(mag)
+        model.frame = None
+        without = model.masks(mag)
+    assert torch.equal(with_branch, without)
+
+
+def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
+    """Above ``conv_bin`` the masks are the softmax of the frame branch's logits, and the
+    convolutions never see those bins; below, both add up."""
+    model = tiny_model(2, TINY_FRAME).double()
+    cb, mb = TINY_FRAME["conv_bin"], TINY_FRAME["max_bin"]
+    mag = torch.rand(1, 2, 40, mb, dtype=torch.float64)
+    with torch.no_grad():
+        m = model.masks(mag)
+        inp = torch.log1p(mag) * model.in_scale + model.in_bias
+        frame = torch.softmax(model.frame(inp), dim=1)  # [B, S, 1, T, F]
+        assert torch.allclose(m[..., cb:], frame[..., cb:].expand(-1, -1, 2, -1, -1), atol=1e-12)
+        assert torch.max(torch.abs(m[..., :cb] - frame[..., :cb])) > 1e-3  # the convolutions count
+    # with the branch's output silenced, the high bins reach nothing: the convolutions ignore them
+    high_changed = mag.clone()
+    high_changed[..., cb:] *= 3.0
+    model2 = tiny_model(2, TINY_FRAME).double()
+    model2.frame.out.weight.data.zero_()
+    with torch.no_grad():
+        assert torch.equal(model2.masks(mag), model2.masks(high_changed))
+    assert torch.allclose(model2.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
+
+
+def test_frame_branch_sees_the_whole_input() -> None:
+    """Without the convolutions' LSTM the receptive field is local; the frame branch's
+    bidirectional LSTM carries a change in the first frames to the last and back."""
+    cfg = {**TINY_FRAME, "full": {**TINY["full"], "lstm": 0}}
+    model = tiny_model(0, cfg).double()
+    h = cfg["frame"]["hidden"] // 2
+    with torch.no_grad():  # PyTorch's gate order i, f, g, o: forget gates open (a long memory),
+        for b in (model.frame.rnn.bias_ih_l0, model.frame.rnn.bias_ih_l0_reverse):
+            b[h : 2 * h] = 10.0
+            b[:h] = -5.0  # input gates almost shut, so 96 frames of input do not saturate the cell
+    mag = torch.rand(1, 2, 96, cfg["max_bin"], dtype=torch.float64)
+    for edit, probe in ((slice(0, 4), -1), (slice(92, 96), 0)):
+        changed = mag.clone()
+        changed[:, :, edit] += 5.0
+        with torch.no_grad():
+            diff = (model.masks(mag) - model.masks(changed)).abs()[:, :, :, probe]
+        assert diff.max() > 1e-9
+    model.frame.out.weight.data.zero_()
+    with torch.no_grad():
+        changed = mag.clone()
+        changed[:, :, :4] += 5.0
+        assert torch.equal(model.masks(mag)[:, :, :, -1], model.masks(changed)[:, :, :, -1])
