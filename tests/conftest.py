@@ -63,6 +63,20 @@ def tone(seconds: float, sr: int = 44100, channels: int = 2, seed: int = 0, nois
     return np.stack(chans).astype(np.float32)
 
 
+def onnx_and_torch(path: Path, model, shapes: list[tuple[int, int, int]], seed: int = 0):
+    """Yield ``(onnxruntime output, torch output)`` of a waveform model exported to ``path``
+    (input ``mix``) for random inputs of each ``[batch, channels, time]`` shape."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    for shape in shapes:
+        x = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+        with torch.no_grad():
+            yield sess.run(None, {"mix": x})[0], model(torch.from_numpy(x)).numpy()
+
+
 def write(path: Path, audio: np.ndarray, sr: int = 44100, subtype: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), audio.T, sr, subtype=subtype)

@@ -7,13 +7,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet
 
-from conftest import TINY_MMDENSE as TINY
+from conftest import TINY_MMDENSE as TINY, onnx_and_torch
 
 torch.set_num_threads(1)
 
@@ -72,13 +71,8 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
                           input_names=["mix"], output_names=["stems"],
                           dynamic_axes={"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}})
     assert not (tmp_path / "tiny.onnx.data").exists()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    for shape in [(1, 2, 3000), (3, 2, 7_777), (2, 2, 100)]:
-        x = (0.3 * rng.standard_normal(shape)).astype(np.float32)
-        got = sess.run(None, {"mix": x})[0]
-        with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
+    shapes = [(1, 2, 3000), (3, 2, 7_777), (2, 2, 100)]
+    for shape, (got, want) in zip(shapes, onnx_and_torch(path, model, shapes)):
         assert got.shape == (shape[0], 4, 2, shape[2])
         assert np.max(np.abs(got - want)) < 1e-5
 
@@ -256,11 +250,10 @@ def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
     # with the branch's output silenced, the high bins reach nothing: the convolutions ignore them
     high_changed = mag.clone()
     high_changed[..., cb:] *= 3.0
-    model2 = tiny_model(2, TINY_FRAME).double()
-    model2.frame.out.weight.data.zero_()
+    model.frame.out.weight.data.zero_()
     with torch.no_grad():
-        assert torch.equal(model2.masks(mag), model2.masks(high_changed))
-    assert torch.allclose(model2.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
+        assert torch.equal(model.masks(mag), model.masks(high_changed))
+        assert torch.allclose(model.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
 
 
 def test_frame_branch_sees_the_whole_input() -> None:

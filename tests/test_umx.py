@@ -4,12 +4,13 @@ between stemcli's STFT pair, trained by stemcli's trainer and exported to one ON
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
 from stemcli.export import export_model
 from stemcli_umx.model import UMXWaveform, openunmix_model
+
+from conftest import onnx_and_torch
 
 try:  # `make test` installs openunmix (--no-deps); the wrapper stands in for its torchaudio import
     openunmix_model()
@@ -41,12 +42,7 @@ def test_onnx_export_matches_the_torch_fft_forward(tmp_path) -> None:
     model = tiny_umx()
     path = tmp_path / "umx.onnx"
     export_model(model, path, channels=2)  # what `stemcli export` writes (dynamic batch and time)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    for shape in [(1, 2, 3_000), (2, 2, 7_777)]:
-        x = (0.3 * rng.standard_normal(shape)).astype(np.float32)
-        got = sess.run(None, {"mix": x})[0]
-        with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
+    shapes = [(1, 2, 3_000), (2, 2, 7_777)]
+    for shape, (got, want) in zip(shapes, onnx_and_torch(path, model, shapes)):
         assert got.shape == (shape[0], 4, 2, shape[2])
         assert np.max(np.abs(got - want)) < 1e-4

@@ -147,7 +147,7 @@ class FrameBranch(nn.Module):
         super().__init__()
         if hidden < 2 or hidden % 2:
             raise ValueError(f"mmdense config: frame hidden size must be an even number >= 2, got {hidden}")
-        self.sources, self.bins = sources, bins
+        self.sources = sources
         self.inp = nn.Linear(channels * bins, hidden, bias=False)
         self.inp_bn = nn.BatchNorm1d(hidden)
         self.rnn = nn.LSTM(hidden, hidden // 2, batch_first=True, bidirectional=True)
