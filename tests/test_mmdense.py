@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 
 # the convolutions on the lower half of the bins, the frame branch over all of them
 TINY_FRAME = {**TINY, "max_bin": 128, "conv_bin": 64, "frame": {"hidden": 6}}
+TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LSTM, as shipped
 
 
 def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
@@ -83,7 +84,8 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {"conv_bin": 32},  # bins above the convolutions without a frame branch
      {"conv_bin": 128},  # above max_bin
      {**TINY_FRAME, "conv_bin": 60},  # off the pooling grid
-     {**TINY_FRAME, "frame": {"hidden": 5}}],
+     {**TINY_FRAME, "frame": {"hidden": 5}},
+     {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}}],
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -100,7 +102,7 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME], ids=["conv", "frame-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2], ids=["conv", "frame-branch", "frame-branch-2-layers"])
 def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
@@ -210,7 +212,7 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME], ids=["conv", "frame-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2], ids=["conv", "frame-branch", "frame-branch-2-layers"])
 def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
     model = tiny_model(3, tiny)
@@ -256,14 +258,18 @@ def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
         assert torch.allclose(model.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
 
 
-def test_frame_branch_sees_the_whole_input() -> None:
+@pytest.mark.parametrize("layers", [1, 2])
+def test_frame_branch_sees_the_whole_input(layers: int) -> None:
     """Without the convolutions' LSTM the receptive field is local; the frame branch's
-    bidirectional LSTM carries a change in the first frames to the last and back."""
-    cfg = {**TINY_FRAME, "full": {**TINY["full"], "lstm": 0}}
+    bidirectional LSTM (one or stacked layers) carries a change in the first frames to the last
+    and back."""
+    cfg = {**TINY_FRAME, "full": {**TINY["full"], "lstm": 0}, "frame": {"hidden": 6, "layers": layers}}
     model = tiny_model(0, cfg).double()
+    assert model.frame.rnn.num_layers == layers
     h = cfg["frame"]["hidden"] // 2
     with torch.no_grad():  # PyTorch's gate order i, f, g, o: forget gates open (a long memory),
-        for b in (model.frame.rnn.bias_ih_l0, model.frame.rnn.bias_ih_l0_reverse):
+        for name in (f"bias_ih_l{i}{d}" for i in range(layers) for d in ("", "_reverse")):
+            b = getattr(model.frame.rnn, name)
             b[h : 2 * h] = 10.0
             b[:h] = -5.0  # input gates almost shut, so 96 frames of input do not saturate the cell
     mag = torch.rand(1, 2, 96, cfg["max_bin"], dtype=torch.float64)
