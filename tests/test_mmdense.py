@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 
 # the convolutions on the lower half of the bins, the frame branch over all of them
 TINY_FRAME = {**TINY, "max_bin": 128, "conv_bin": 64, "frame": {"hidden": 6}}
-TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LSTM, as shipped
+TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LSTM
+# a full-resolution bass path on the lowest 16 bins beside a frame branch
+TINY_BASS = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 2]}}
 
 
 def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
@@ -31,6 +33,8 @@ def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
             mod.running_var.uniform_(0.5, 2.0)
     if model.frame is not None:  # its output layer starts at zero: make the branch visible
         torch.nn.init.normal_(model.frame.out.weight, std=0.5)
+    if model.bass is not None:  # likewise
+        torch.nn.init.normal_(model.bass.out.weight, std=0.5)
     return model.eval()
 
 
@@ -85,7 +89,9 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {"conv_bin": 128},  # above max_bin
      {**TINY_FRAME, "conv_bin": 60},  # off the pooling grid
      {**TINY_FRAME, "frame": {"hidden": 5}},
-     {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}}],
+     {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}},
+     {**TINY_BASS, "bass": {"bins": 6}},  # off the bass net's pooling grid
+     {**TINY_BASS, "bass": {"bins": 48}}],  # above split_bin
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -102,7 +108,8 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2], ids=["conv", "frame-branch", "frame-branch-2-layers"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
 def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
@@ -212,7 +219,8 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2], ids=["conv", "frame-branch", "frame-branch-2-layers"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
 def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
     model = tiny_model(3, tiny)
@@ -284,3 +292,30 @@ def test_frame_branch_sees_the_whole_input(layers: int) -> None:
         changed = mag.clone()
         changed[:, :, :4] += 5.0
         assert torch.equal(model.masks(mag)[:, :, :, -1], model.masks(changed)[:, :, :, -1])
+
+
+def test_bass_branch_starts_as_a_no_op_and_acts_only_below_its_bins() -> None:
+    """Zero output at initialisation; trained (random) weights change the masks of the lowest
+    ``bass.bins`` bins only, at the STFT's own resolution (a one-bin, one-frame change of the
+    input moves the branch's logits at that bin and frame)."""
+    torch.manual_seed(3)
+    model = MMDenseNet(TINY_BASS).eval()
+    nb = TINY_BASS["bass"]["bins"]
+    mag = torch.rand(1, 2, 40, TINY_BASS["max_bin"])
+    with torch.no_grad():
+        with_branch = model.masks(mag)
+        bass, model.bass = model.bass, None
+        without = model.masks(mag)
+        assert torch.equal(with_branch, without)
+        model.bass = bass
+        torch.nn.init.normal_(model.bass.out.weight, std=0.5)
+        trained = model.masks(mag)
+    assert torch.equal(trained[..., nb:], without[..., nb:])
+    assert torch.max(torch.abs(trained[..., :nb] - without[..., :nb])) > 1e-3
+    # the branch alone, on the lowest bins: a point change reaches the same point's logits
+    inp = torch.log1p(mag[..., :nb]) * model.in_scale[:nb] + model.in_bias[:nb]
+    changed = inp.clone()
+    changed[:, :, 20, 5] += 2.0
+    with torch.no_grad():
+        diff = (model.bass(changed) - model.bass(inp)).abs()
+    assert diff[:, :, 20, 5].max() > 1e-4

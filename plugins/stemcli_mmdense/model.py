@@ -32,7 +32,9 @@ An optional frame branch (``"frame": {"hidden": H}``, :class:`FrameBranch`) look
 frame (all ``max_bin`` bins, both channels) with a bidirectional LSTM over time and adds one
 logit per source and bin to the convolutions' logits.  With it the convolutions may stop at
 ``conv_bin`` below ``max_bin``: the bins between (drums' cymbals above 11 kHz, say) get their
-masks from the frame branch alone, at a per-frame cost instead of a per-point one.
+masks from the frame branch alone, at a per-frame cost instead of a per-point one.  An optional
+bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
+from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # full-band frame branch beside the convolutions (hidden size, 0: none; stacked
     # bidirectional LSTM layers, default 1): see FrameBranch
     "frame": {"hidden": 0},
+    # full-resolution bass path on the lowest ``bins`` bins (0: none): see BassBranch
+    "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2]},
 }
 
 
@@ -168,6 +172,32 @@ class FrameBranch(nn.Module):
         h = self.mid(torch.cat([h, r], dim=2))
         h = torch.relu(self.mid_bn(h.transpose(1, 2)).transpose(1, 2))
         return self.out(h).reshape(b, t, self.sources, 1, f).permute(0, 2, 3, 1, 4)
+
+
+class BassBranch(nn.Module):
+    """Full-resolution path over the lowest bins, adding to the convolutions' mask logits.
+
+    The stride-2 stem leaves the band nets 2 frames x 2 bins per point (43 Hz at 2048 / 44.1 kHz),
+    coarser than the spacing of bass notes.  This branch runs a small :class:`MDenseNet` on the
+    log-magnitudes of the lowest ``bins`` bins at the STFT's own resolution and adds one logit
+    per source, channel and bin there; its output conv starts at zero (a no-op at
+    initialisation).
+
+    Input ``[shape=(batch, channels, frames, bins)]`` (frames a multiple of the pooling),
+    output ``[shape=(batch, sources * channels, frames, bins)]``.
+    """
+
+    def __init__(self, channels: int, sources: int, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        width = int(cfg.get("channels", 8))
+        self.stem = _conv(channels, width)
+        self.net = MDenseNet(width, int(cfg.get("growth", 8)), list(cfg.get("layers", [1, 1, 2])))
+        self.out = nn.Conv2d(self.net.cout, sources * channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(self.stem(x)))
 
 
 class MDenseNet(nn.Module):
@@ -274,12 +304,18 @@ class MMDenseNet(nn.Module):
                 raise ValueError(f"mmdense config: {label}={v} must be a multiple of {multiple} in (0, n_fft/2]")
         if not 0 < self.max_bin <= n_fft // 2:
             raise ValueError(f"mmdense config: max_bin={self.max_bin} must be in (0, n_fft/2]")
+        bass = {**DEFAULT_CONFIG["bass"], **(cfg.get("bass") or {})}
+        self.bass_bin = int(bass["bins"])
+        bass_multiple = 2 ** (len(bass["layers"]) - 1)
+        if self.bass_bin and (self.bass_bin % max(bass_multiple, 2) or not 0 < self.bass_bin <= self.split_bin):
+            raise ValueError(f"mmdense config: bass.bins={self.bass_bin} must be a multiple of "
+                             f"{max(bass_multiple, 2)} in (0, split_bin={self.split_bin}]")
         if self.split_bin >= self.conv_bin:
             raise ValueError("mmdense config: split_bin must be below conv_bin (max_bin)")
         if self.conv_bin > self.max_bin or (self.conv_bin < self.max_bin and not hidden):
             raise ValueError("mmdense config: conv_bin must not exceed max_bin, and bins above it need "
                              "the frame branch (frame.hidden > 0)")
-        self.multiple = multiple
+        self.multiple = max(multiple, bass_multiple if self.bass_bin else 1)  # frames are padded to it
         if self.max_bin % STFT(n_fft, hop).p:  # the exportable STFT's bin blocks
             raise ValueError(f"mmdense config: max_bin={self.max_bin} must be a multiple of {STFT(n_fft, hop).p}")
         self.stft = STFT(n_fft, hop, bins=self.max_bin)  # exportable front end (ONNX export only)
@@ -300,6 +336,7 @@ class MMDenseNet(nn.Module):
         self.final = DenseBlock(fc, int(cfg["final"]["growth"]), int(cfg["final"]["layers"]))
         self.head = nn.ConvTranspose2d(self.final.cout, self.n_src * self.n_ch, 2, stride=2)
         self.frame = FrameBranch(self.n_ch, self.max_bin, self.n_src, hidden, frame_layers) if hidden else None
+        self.bass = BassBranch(self.n_ch, self.n_src, bass) if self.bass_bin else None
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:
         """Mask logits from magnitudes, for the bins below ``max_bin``.
@@ -320,6 +357,9 @@ class MMDenseNet(nn.Module):
         full = self.full(x)
         y = self.final(torch.cat([torch.cat([low, high], dim=3), full], dim=1))
         y = self.head(y)[:, :, :frames]
+        if self.bass is not None:  # full-resolution logits for the lowest bins
+            z = self.bass(nn.functional.pad(inp[..., : self.bass_bin], (0, 0, 0, pad)))[:, :, :frames]
+            y = torch.cat([y[..., : self.bass_bin] + z, y[..., self.bass_bin :]], dim=3)
         if self.frame is None:
             return y
         b, c = mag.shape[0], mag.shape[1]
