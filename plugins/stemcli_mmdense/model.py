@@ -188,10 +188,11 @@ class BassBranch(nn.Module):
     """
 
     def __init__(self, channels: int, sources: int, cfg: dict[str, Any]) -> None:
+        """``cfg``: the complete ``"bass"`` config (defaults merged)."""
         super().__init__()
-        width = int(cfg.get("channels", 8))
+        width = int(cfg["channels"])
         self.stem = _conv(channels, width)
-        self.net = MDenseNet(width, int(cfg.get("growth", 8)), list(cfg.get("layers", [1, 1, 2])))
+        self.net = MDenseNet(width, int(cfg["growth"]), list(cfg["layers"]))
         self.out = nn.Conv2d(self.net.cout, sources * channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -291,8 +292,8 @@ class MMDenseNet(nn.Module):
         self.n_ch = int(cfg["channels"])
         self.max_bin, self.split_bin = int(cfg["max_bin"]), int(cfg["split_bin"])
         self.conv_bin = int(cfg.get("conv_bin") or self.max_bin)
-        hidden = int((cfg.get("frame") or {}).get("hidden", 0))
-        frame_layers = int((cfg.get("frame") or {}).get("layers", 1))
+        frame = cfg.get("frame") or {}
+        hidden, frame_layers = int(frame.get("hidden", 0)), int(frame.get("layers", 1))
         n_fft, hop = int(cfg["n_fft"]), int(cfg["hop"])
         # stem stride 2, then each band's input pooling and (levels - 1) 2x2 poolings
         multiple = 2 * max(
@@ -350,7 +351,8 @@ class MMDenseNet(nn.Module):
         frames = mag.shape[2]
         inp = torch.log1p(mag) * self.in_scale + self.in_bias
         pad = (self.multiple - frames % self.multiple) % self.multiple
-        x = self.stem(nn.functional.pad(inp[..., : self.conv_bin], (0, 0, 0, pad)))
+        padded = nn.functional.pad(inp[..., : self.conv_bin], (0, 0, 0, pad))
+        x = self.stem(padded)
         s = self.split_bin // 2
         low = self.low(x[..., :s])
         high = self.high(x[..., s:])
@@ -358,7 +360,7 @@ class MMDenseNet(nn.Module):
         y = self.final(torch.cat([torch.cat([low, high], dim=3), full], dim=1))
         y = self.head(y)[:, :, :frames]
         if self.bass is not None:  # full-resolution logits for the lowest bins
-            z = self.bass(nn.functional.pad(inp[..., : self.bass_bin], (0, 0, 0, pad)))[:, :, :frames]
+            z = self.bass(padded[..., : self.bass_bin])[:, :, :frames]
             y = torch.cat([y[..., : self.bass_bin] + z, y[..., self.bass_bin :]], dim=3)
         if self.frame is None:
             return y
