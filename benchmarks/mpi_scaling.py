@@ -170,7 +170,7 @@ def time_chunks(sep, song: Path, n: int = 3) -> tuple[int, float]:
     from stemcli.pipeline import plan_for, run_chunk
 
     with FileSource(probe(song), sep.sample_rate, sep.channels) as src:
-        chunks = plan_for(sep, src.frames, None, 0.25)
+        chunks = plan_for(sep, src.frames, None, None)  # the model's segment and overlap
         times = []
         for chunk in chunks[:n]:
             t = time.process_time()  # CPU time: what the chunk costs a dedicated core
@@ -311,15 +311,16 @@ def main() -> None:
     # finer chunks for many ranks: one chunk per rank, same per-second cost plus context
     seg = sep.segment
     per_s = t_chunk / (seg + 2 * sep.context)
-    # P chunks with overlap 0.25 cover L seconds when segment = L / (1 + (P - 1) * 0.75)
-    fine = {p: serial + launch + per_s * (a.song_seconds / (1 + (p - 1) * 0.75) + 2 * sep.context)
+    # P chunks with overlap v cover L seconds when segment = L / (1 + (P - 1) * (1 - v))
+    keep = 1.0 - float(sep.overlap)
+    fine = {p: serial + launch + per_s * (a.song_seconds / (1 + (p - 1) * keep) + 2 * sep.context)
             + total_mb * (p - 1) / p * comm["s_per_mb"] for p in (16, 32)}
 
     # the heaviest model (CPU s per chunk) that still separates the song faster than real time
     budget = {p: (a.song_seconds - serial - launch - total_mb * comm["s_per_mb"]) / math.ceil(n_chunks / p)
               for p in (16, 32)}
     budget_fine = {p: (a.song_seconds - serial - launch - total_mb * comm["s_per_mb"])
-                   / (a.song_seconds / (1 + (p - 1) * 0.75) + 2 * sep.context) for p in (16, 32)}
+                   / (a.song_seconds / (1 + (p - 1) * keep) + 2 * sep.context) for p in (16, 32)}
 
     print(f"\nstemcli MPI scaling: model {model} ({len(sep.sources)} stems, segment {sep.segment:g} s), "
           f"{os.cpu_count()} cores, load average at start {load:.1f}")

@@ -2,8 +2,10 @@
 
 All systems separate the same generated 30 s stereo 44.1 kHz input in the same process with
 2 threads (``torch.set_num_threads``; onnxruntime's ``intra_op_num_threads``).  Each system
-is warmed up once, then timed ``--repeats`` times; the median wall time is reported with the
-real-time factor (audio seconds / wall seconds) and the ratios the issue sets as targets.
+is warmed up once, then the systems are timed in ``--repeats`` interleaved rounds (each runs
+once per round, so a drift in the machine's speed affects all of them alike); the median wall
+time is reported with the real-time factor (audio seconds / wall seconds) and the ratios the
+issue sets as targets.
 
     .venv/bin/python benchmarks/speed.py                      # default model (mmdense)
     .venv/bin/python benchmarks/speed.py --model hpss --systems onnx,umx --repeats 1
@@ -103,18 +105,27 @@ def _find_session(sep: Any) -> Any:
     return None
 
 
-def time_system(run: Callable[[np.ndarray], Any], mix: np.ndarray, repeats: int) -> dict[str, Any]:
-    """One warm-up, then ``repeats`` timed runs; median wall seconds."""
-    t0 = time.perf_counter()
-    run(mix)
-    warm = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+def time_systems(runs: dict[str, Callable[[np.ndarray], Any]], mix: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
+    """One warm-up each, then ``repeats`` rounds in which every system runs once, in turn
+    (interleaved: a machine whose speed drifts during the run slows every system alike, so the
+    ratios hold even when the absolute times move); median wall seconds per system."""
+    warm: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, run in runs.items():
         t0 = time.perf_counter()
         run(mix)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"warmup_seconds": warm, "seconds": times, "median_seconds": median, "realtime": mix.shape[-1] / SR / median}
+        warm[name] = time.perf_counter() - t0
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run(mix)
+            times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name in runs:
+        median = statistics.median(times[name])
+        out[name] = {"warmup_seconds": warm[name], "seconds": times[name], "median_seconds": median,
+                     "realtime": mix.shape[-1] / SR / median}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,16 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         "htdemucs": lambda: _baselines.htdemucs(segment=7.8, overlap=0.25),
     }
     results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, Callable[[np.ndarray], Any]] = {}
     for name in systems:
         try:
-            run, info = builders[name]()
+            runs[name], results[name] = builders[name]()
         except Exception as exc:  # report and go on: one missing system should not hide the others
             print(f"{name}: cannot build: {type(exc).__name__}: {exc}", file=sys.stderr)
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            continue
-        print(f"timing {info['system']} ...", flush=True)
-        results[name] = {**info, **time_system(run, mix, args.repeats)}
-        del run
+    print(f"timing {', '.join(results[n]['system'] for n in runs)}, interleaved ...", flush=True)
+    for name, timing in time_systems(runs, mix, args.repeats).items():
+        results[name].update(timing)
+    del runs
 
     print()
     print(f"{'system':<44} {'seconds':>8} {'x real time':>12}")

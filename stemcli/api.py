@@ -92,7 +92,7 @@ def separate(
     model: str | Path | Separator | None = None,
     stems: Sequence[str] | None = None,
     segment: float | None = None,
-    overlap: float = 0.25,
+    overlap: float | None = None,
     backend: str | None = None,
     wiener: int = 0,
 ) -> dict[str, np.ndarray]:
@@ -104,7 +104,8 @@ def separate(
         model: see :func:`get_separator`.
         stems: the stems wanted (default: all).
         segment: chunk length in seconds (default: the model's).
-        overlap: chunk overlap fraction in [0, 1).
+        overlap: chunk overlap fraction in [0, 1) (default: the separator's, see
+            :attr:`~stemcli.plugins.Separator.overlap`).
         backend: ``"onnx"`` or ``"torch"`` for model-based separators.
         wiener: multichannel Wiener post-filter iterations (0 = none).
 
@@ -147,7 +148,7 @@ def separate_file(
     fmt: str = "wav",
     bit_depth: int = 16,
     segment: float | None = None,
-    overlap: float = 0.25,
+    overlap: float | None = None,
     on_chunk: Callable[[float], None] | None = None,
     on_start: Callable[[float], None] | None = None,
 ) -> dict[str, Path]:

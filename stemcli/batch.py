@@ -132,7 +132,7 @@ class BatchOptions:
     bit_depth: int = 16
     template: str = DEFAULT_TEMPLATE
     segment: float | None = None
-    overlap: float = 0.25
+    overlap: float | None = None  # None: the separator's own
     force: bool = False
     jobs: int = 1
     progress: bool = True
@@ -148,7 +148,7 @@ def validate_options(opts: BatchOptions) -> None:
     from stemcli.audio import SUBTYPES
 
     validate_template(opts.template)
-    if not 0.0 <= opts.overlap < 1.0:
+    if opts.overlap is not None and not 0.0 <= opts.overlap < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {opts.overlap}")
     if opts.segment is not None and not opts.segment > 0:
         raise ValueError(f"--segment must be positive seconds, got {opts.segment}")

@@ -30,8 +30,9 @@ class Chunk:
     Attributes:
         index: position in the plan.
         start, stop: the samples this chunk's output covers (``stop - start <= segment``).
-        in_start, in_stop: the samples fed to the separator: ``[start - context, stop + context)``.
-            Parts outside ``[0, total)`` are zero padding (only ever at the track edges).
+        in_start, in_stop: the samples fed to the separator: ``[start - context, stop + context)``
+            clipped to the track ``[0, total)`` (at the track edges there is no neighbouring audio
+            to give, and separating zero padding would only cost time).
     """
 
     index: int
@@ -56,7 +57,8 @@ def plan_chunks(total: int, segment: int, overlap: float = 0.25, context: int = 
         total: number of samples in the track (>= 1).
         segment: chunk length in samples (>= 1).
         overlap: fraction of a segment shared by neighbouring chunks, in ``[0, 1)``.
-        context: extra samples of real neighbouring audio fed on each side (>= 0).
+        context: extra samples of real neighbouring audio fed on each side (>= 0), where the
+            track has them.
 
     Raises:
         ValueError: on any out-of-range argument.
@@ -70,12 +72,12 @@ def plan_chunks(total: int, segment: int, overlap: float = 0.25, context: int = 
     if context < 0:
         raise ValueError(f"context must be >= 0 samples, got {context}")
     if total <= segment:
-        return [Chunk(0, 0, total, -context, total + context)]
+        return [Chunk(0, 0, total, 0, total)]
     stride = max(1, int(segment * (1.0 - overlap)))
     n = math.ceil((total - segment) / stride) + 1
     offsets = np.round(np.linspace(0, total - segment, n)).astype(np.int64)
     return [
-        Chunk(i, int(o), int(o) + segment, int(o) - context, int(o) + segment + context)
+        Chunk(i, int(o), int(o) + segment, max(0, int(o) - context), min(total, int(o) + segment + context))
         for i, o in enumerate(offsets)
     ]
 

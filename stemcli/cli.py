@@ -39,7 +39,7 @@ def cli() -> None:
 @click.option("--bit-depth", type=click.Choice(["16", "24", "32"]), default="16", show_default=True, help="32 = float (wav only).")
 @click.option("--template", default="{track}/{stem}.{ext}", show_default=True, help="Output path under OUTDIR; fields {track} {stem} {ext} {model}.")
 @click.option("--segment", type=float, default=None, help="Chunk length in seconds (default: the model's).")
-@click.option("--overlap", type=float, default=0.25, show_default=True, help="Chunk overlap fraction in [0, 1).")
+@click.option("--overlap", type=float, default=None, help="Chunk overlap fraction in [0, 1) (default: the model's; 0.25, or 0.01 for models fed context).")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None, help="Runtime for model-based separators (default onnx).")
 @click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")
 @click.option("--force", is_flag=True, help="Overwrite existing stems.")

@@ -6,7 +6,8 @@
    validation SDR; ``checkpoint.pt`` if there is no ``best.pt``), with ``weights_only=True``;
 2. exports one self-contained ONNX file (legacy TorchScript exporter, opset 17, no external
    data file): for a model with a ``frontend()`` (a mask model, see :mod:`stemcli.spectral`)
-   its ``mask_net()``, input ``mag [batch, channels, frames, bins]``, output
+   its ``mask_net()``, input ``mag`` or ``logmag [batch, channels, frames, bins]`` (as the
+   front end's ``input`` says), output
    ``masks [batch, M, channels, frames, bins]`` with dynamic ``batch`` and ``frames`` axes, the
    card recording the front end; otherwise the whole model, input ``mix [batch, channels,
    time]``, output ``stems [batch, sources, channels, time]``, dynamic ``batch`` and ``time``;
@@ -180,7 +181,8 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
     else:
         net, example = model.mask_net().eval(), torch.rand(1, channels, 64, frontend["bins"])
-        names, axes = ["mag", "masks"], {"mag": {0: "batch", 2: "frames"}, "masks": {0: "batch", 3: "frames"}}
+        inp = "logmag" if frontend.get("input") == "log1p" else "mag"
+        names, axes = [inp, "masks"], {inp: {0: "batch", 2: "frames"}, "masks": {0: "batch", 3: "frames"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -263,7 +265,8 @@ def export_run(
         io = {"input": "mix [batch, channels, time] float32", "output": "stems [batch, sources, channels, time] float32"}
     else:
         m = "sources - 1" if frontend["residual"] else "sources"
-        io = {"input": "mag [batch, channels, frames, bins] float32",
+        feature = "logmag = log1p(mag)" if frontend.get("input") == "log1p" else "mag"
+        io = {"input": f"{feature} [batch, channels, frames, bins] float32",
               "output": f"masks [batch, {m}, channels, frames, bins] float32"}
     training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
                 **({"data_history": run_cfg["data_history"]} if "data_history" in run_cfg else {}),

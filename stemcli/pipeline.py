@@ -20,8 +20,9 @@ class Source(Protocol):
     def read(self, start: int, stop: int) -> np.ndarray: ...
 
 
-def plan_for(separator: Separator, frames: int, segment: float | None, overlap: float) -> list[Chunk]:
-    """The chunk plan for ``frames`` samples at the separator's rate.
+def plan_for(separator: Separator, frames: int, segment: float | None, overlap: float | None) -> list[Chunk]:
+    """The chunk plan for ``frames`` samples at the separator's rate (``segment``, ``overlap``:
+    ``None`` takes the separator's own).
 
     Raises:
         ValueError: bad segment/overlap.
@@ -30,6 +31,8 @@ def plan_for(separator: Separator, frames: int, segment: float | None, overlap: 
     if not seg_s > 0:
         raise ValueError(f"--segment must be positive seconds, got {seg_s}")
     seg = max(1, int(round(seg_s * separator.sample_rate)))
+    if overlap is None:
+        overlap = float(getattr(separator, "overlap", Separator.overlap))
     ctx = int(round(separator.context * separator.sample_rate))
     return plan_chunks(frames, seg, overlap, ctx)
 
@@ -82,7 +85,7 @@ def separate_array(
     separator: Separator,
     audio: np.ndarray,
     segment: float | None = None,
-    overlap: float = 0.25,
+    overlap: float | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Separate an in-memory array already at the separator's rate and channel count.

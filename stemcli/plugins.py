@@ -37,7 +37,11 @@ class Separator:
         sample_rate: rate the separator works at (Hz).
         channels: channel count the separator expects (1 or 2).
         segment: preferred chunk length in seconds.
-        context: seconds of real neighbouring audio the engine adds on each side of a chunk.
+        context: seconds of real neighbouring audio the engine adds on each side of a chunk
+            (where the track has them: none is invented at its edges).
+        overlap: default fraction of a chunk shared with its neighbour, cross-faded
+            (``--overlap`` overrides it).  A separator fed enough ``context`` gives the same
+            output at a chunk's edge as inside it and needs little more than a short fade.
         description: one line for ``stemcli list``.
     """
 
@@ -47,6 +51,7 @@ class Separator:
     channels: int = 2
     segment: float = 10.0
     context: float = 0.0
+    overlap: float = 0.25
     description: ClassVar[str] = ""
 
     def separate(self, mix: np.ndarray) -> np.ndarray:
@@ -73,6 +78,7 @@ class Separator:
             "sample_rate": int(self.sample_rate),
             "channels": int(self.channels),
             "segment": float(self.segment),
+            "overlap": float(self.overlap),
         }
 
 

@@ -41,6 +41,7 @@ PARALLEL = ("time", "intra")
 MIN_PART_SECONDS = 4.0  # below this a part is not worth a worker of its own
 PART_SECONDS = 16.0  # longest time part: a 30 s chunk with 2 x 1 s context runs as 2 parts
 FADE_SECONDS = 0.05
+CONTEXT_OVERLAP = 0.01  # default chunk overlap of a model with context (0.3 s of a 30 s segment)
 
 
 def session_options(intra: int | None = None) -> Any:
@@ -142,6 +143,8 @@ class OnnxSeparator(Separator):
         self.channels = int(card["channels"])
         self.segment = float(card["segment"])
         self.context = float(card.get("context", 0.0))
+        # a model fed context joins chunks the way parts are joined below: a short cross-fade
+        self.overlap = CONTEXT_OVERLAP if self.context > 0 else Separator.overlap
         self.name = str(card["name"])
         # samples by which an input may be shifted without changing the model's frame/pooling
         # grid (STFT hop x the network's time stride); parts start on multiples of it

@@ -12,10 +12,13 @@ same stems (checked at export to 1e-4).
 Card entry::
 
     "frontend": {"type": "stft-masks", "n_fft": 2048, "hop": 1024, "bins": 768,
-                 "eps": 1e-10, "residual": true}
+                 "eps": 1e-10, "residual": true, "input": "log1p"}
 
-* ONNX input ``mag [batch, channels, frames, bins]`` = ``sqrt(re^2 + im^2 + eps)`` of the
-  lowest ``bins`` bins; output ``masks [batch, M, channels, frames, bins]``.
+* ONNX input ``[batch, channels, frames, bins]``: ``mag = sqrt(re^2 + im^2 + eps)`` of the
+  lowest ``bins`` bins (``"input": "mag"``, the default for cards without the key), or
+  ``log1p(mag)`` (``"input": "log1p"``: computed here, where numpy's vectorised ``log1p`` takes
+  a quarter of the time of onnxruntime's ``Log``, about 5 % of the shipped mask graph); output
+  ``masks [batch, M, channels, frames, bins]``.
 * ``residual: true``: ``M = sources - 1``; the last source is ``mix - sum(others)`` (it also
   receives every bin above ``bins``).  ``false``: ``M = sources``, bins above ``bins`` dropped.
 
@@ -30,6 +33,7 @@ import numpy as np
 from scipy import fft as _fft
 
 FRONTEND_TYPE = "stft-masks"
+INPUTS = ("mag", "log1p")  # what the ONNX graph is fed: magnitudes or log1p(magnitudes)
 
 
 def check_frontend(frontend: dict[str, Any], where: str = "model card") -> dict[str, Any]:
@@ -44,13 +48,19 @@ def check_frontend(frontend: dict[str, Any], where: str = "model card") -> dict[
         n_fft, hop, bins = int(frontend["n_fft"]), int(frontend["hop"]), int(frontend["bins"])
         eps = float(frontend.get("eps", 0.0))
         residual = bool(frontend.get("residual", False))
+        feature = str(frontend.get("input", "mag"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{where}: frontend needs integer n_fft, hop, bins ({exc})") from exc
     if n_fft < 2 or hop < 1 or n_fft % hop or n_fft // hop < 2:
         raise ValueError(f"{where}: frontend hop={hop} must divide n_fft={n_fft} at least twice")
     if not 0 < bins <= n_fft // 2 + 1:
         raise ValueError(f"{where}: frontend bins={bins} must be in [1, {n_fft // 2 + 1}]")
-    return {"type": FRONTEND_TYPE, "n_fft": n_fft, "hop": hop, "bins": bins, "eps": eps, "residual": residual}
+    if feature not in INPUTS:
+        raise ValueError(f"{where}: frontend input must be one of {', '.join(INPUTS)}, got {feature!r:.40}")
+    out = {"type": FRONTEND_TYPE, "n_fft": n_fft, "hop": hop, "bins": bins, "eps": eps, "residual": residual}
+    if feature != "mag":  # cards written before the key existed stay as they were
+        out["input"] = feature
+    return out
 
 
 def hann(n_fft: int) -> np.ndarray:
@@ -108,7 +118,8 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
 
     Args:
         frontend: a checked ``frontend`` entry (:func:`check_frontend`).
-        masks: maps ``mag [batch, channels, frames, bins]`` to ``[batch, M, channels, frames, bins]``.
+        masks: maps ``mag [batch, channels, frames, bins]`` (or ``log1p(mag)``, see the module
+            docstring) to ``[batch, M, channels, frames, bins]``.
         mix: [shape=(batch, channels, time)] float32.
         n_sources: number of sources of the model.
 
@@ -118,12 +129,18 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
     n_fft, hop, bins = frontend["n_fft"], frontend["hop"], frontend["bins"]
     t = mix.shape[-1]
     spec = stft(mix, n_fft, hop, bins)  # [B, C, F, bins]
-    mag = np.sqrt(spec.real**2 + spec.imag**2 + np.float32(frontend["eps"])).astype(np.float32)
+    mag = np.sqrt(spec.real**2 + spec.imag**2 + np.float32(frontend["eps"])).astype(np.float32, copy=False)
+    if frontend.get("input", "mag") == "log1p":
+        np.log1p(mag, out=mag)
     m = np.asarray(masks(np.ascontiguousarray(mag)), np.float32)
     want = n_sources - 1 if frontend["residual"] else n_sources
     if m.shape != (mix.shape[0], want, *mag.shape[1:]):
         raise ValueError(f"mask model returned shape {m.shape}, expected {(mix.shape[0], want, *mag.shape[1:])}")
-    est = istft(m * spec[:, None], n_fft, hop, t)  # [B, M, C, T]
+    # masked spectra written straight into a zero-padded full-band buffer: the inverse FFT
+    # then takes all n_fft / 2 + 1 bins as they are (scipy pads a shorter input more slowly)
+    full = np.zeros((*m.shape[:-1], n_fft // 2 + 1), np.complex64)
+    np.multiply(m, spec[:, None], out=full[..., :bins])
+    est = istft(full, n_fft, hop, t)  # [B, M, C, T]
     if frontend["residual"]:
         last = mix - est.sum(axis=1)
         est = np.concatenate([est, last[:, None]], axis=1)

@@ -127,6 +127,7 @@ class WienerSeparator(Separator):
         self.sample_rate = inner.sample_rate
         self.channels = inner.channels
         self.segment = inner.segment
+        self.overlap = float(getattr(inner, "overlap", Separator.overlap))
         # the filter's STFT frames reach hop..n_fft samples further: a little more context
         self.context = float(getattr(inner, "context", 0.0)) + n_fft / inner.sample_rate
 

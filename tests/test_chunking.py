@@ -35,7 +35,7 @@ def test_plan_covers_everything_without_tiny_tail(total: int, segment: int, over
     covered = np.zeros(total, bool)
     for c in plan:
         covered[c.start : c.stop] = True
-        assert c.in_start == c.start - 7 and c.in_stop == c.stop + 7
+        assert c.in_start == max(0, c.start - 7) and c.in_stop == min(total, c.stop + 7)  # no padding
         assert c.length == min(segment, total)  # every chunk is a full segment
     assert covered.all()
     assert plan[0].start == 0 and plan[-1].stop == total
@@ -134,3 +134,43 @@ def test_overlap_add_skip_refuses_accumulated_samples() -> None:
     assert fresh.base == 30
     with pytest.raises(ValueError, match="before emitted sample"):
         fresh.add(plan[0], np.ones((1, 1, 60)))
+
+
+class _RecordingSeparator(IdentitySeparator):
+    """Identity that records every input it is given."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.inputs: list[np.ndarray] = []
+
+    def separate(self, mix: np.ndarray) -> np.ndarray:
+        self.inputs.append(mix.copy())
+        return super().separate(mix)
+
+
+@pytest.mark.parametrize("total", [300, 44100 * 3 + 17])
+def test_context_is_real_audio_never_padding(total: int) -> None:
+    """Every sample fed to the separator is track audio: context stops at the track edges, so
+    the separator sees the track's first and last samples at the ends of the edge chunks and
+    the samples it is given add up to the plan's clipped inputs (no zeros separated)."""
+    x = (np.arange(total, dtype=np.float32) + 1.0)[None].repeat(2, axis=0)  # no sample is zero
+    sep = _RecordingSeparator(segment=1.0, context=0.05)
+    out = separate_array(sep, x)
+    np.testing.assert_array_equal(out[0], x)
+    plan = plan_chunks(total, 44100, sep.overlap, int(round(0.05 * 44100)))
+    assert [m.shape[-1] for m in sep.inputs] == [c.in_stop - c.in_start for c in plan]
+    assert all((m != 0).all() for m in sep.inputs)
+    assert sep.inputs[0][0, 0, 0] == 1.0 and sep.inputs[-1][0, 0, -1] == float(total)
+
+
+def test_separator_overlap_is_the_default() -> None:
+    """``overlap=None`` takes the separator's own; an explicit one overrides it."""
+    sep = IdentitySeparator(segment=1.0, context=0.05)
+    total = 44100 * 10 - 22050
+    sep.overlap = 0.01
+    sep.calls = 0
+    separate_array(sep, np.ones((2, total), np.float32))
+    assert sep.calls == len(plan_chunks(total, 44100, 0.01)) == 10  # 9.5 s in 1 s chunks
+    sep.calls = 0
+    separate_array(sep, np.ones((2, total), np.float32), overlap=0.25)
+    assert sep.calls == len(plan_chunks(total, 44100, 0.25)) == 13

@@ -62,11 +62,12 @@ def test_export_writes_verified_card(run_dir: Path, real_audio: Path, tmp_path: 
     assert loaded["training"]["step"] == 7 and loaded["training"]["final_loss"] == 0.03
     assert loaded["command"] == "stemcli export x"
     # a mask model: the graph maps magnitudes to masks, the card names the STFT front end
-    assert loaded["frontend"] == {"type": "stft-masks", "n_fft": 256, "hop": 128, "bins": 64, "eps": 1e-10, "residual": True}
+    assert loaded["frontend"] == {"type": "stft-masks", "n_fft": 256, "hop": 128, "bins": 64, "eps": 1e-10, "residual": True,
+                                  "input": "log1p"}
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["mag"] and [o.name for o in sess.get_outputs()] == ["masks"]
+    assert [i.name for i in sess.get_inputs()] == ["logmag"] and [o.name for o in sess.get_outputs()] == ["masks"]
     # the .pt is a plain state dict
     state = torch.load(out.with_suffix(".pt"), weights_only=True)
     MMDenseNet(loaded["config"]).load_state_dict(state)

@@ -59,3 +59,15 @@ def test_api_mono_1d_and_other_rate(chord_and_clicks) -> None:
 def test_api_rejects_bad_arrays(audio: np.ndarray, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         api.separate(audio, SR, model="hpss")
+
+
+@pytest.mark.parametrize("n", [1, 100, 1023, 2047])
+def test_hpss_inputs_shorter_than_its_window(n: int) -> None:
+    """Inputs shorter than the STFT window (a tiny file, a short last chunk) are zero-padded
+    inside the separator: the stems still have the input's length and sum to it."""
+    from stemcli.plugins import load_separator
+
+    x = np.random.default_rng(n).standard_normal((1, 2, n)).astype(np.float32)
+    out = load_separator("hpss").separate(x)
+    assert out.shape == (1, 2, 2, n)
+    np.testing.assert_allclose(out.sum(axis=1), x, atol=1e-5)

@@ -106,3 +106,26 @@ def test_waveform_model_without_frontend_exports_whole_graph(tmp_path: Path) -> 
     x = (0.2 * np.random.default_rng(4).standard_normal((1, 2, 5_000))).astype(np.float32)
     out = OnnxSeparator(tmp_path / "models" / "wave.json", threads=1).separate(x)
     assert out.shape == (1, 4, 2, 5_000) and np.abs(out.sum(1) - x).max() < 1e-5
+
+
+def test_frontend_input_log1p_feeds_the_logarithm() -> None:
+    """``"input": "log1p"`` hands the mask function ``log1p(mag)``; cards without the key get
+    magnitudes, and an unknown input is refused naming the card."""
+    base = {"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 64, "eps": 0.0, "residual": True}
+    assert "input" not in spectral.check_frontend(base)
+    fe_log = spectral.check_frontend({**base, "input": "log1p"})
+    mix = np.random.default_rng(5).standard_normal((1, 2, 9_000)).astype(np.float32)
+    seen: dict[str, np.ndarray] = {}
+
+    def record(label: str):
+        def masks(x: np.ndarray) -> np.ndarray:
+            seen[label] = x
+            return np.full((x.shape[0], 2, *x.shape[1:]), 0.25, np.float32)
+        return masks
+
+    a = spectral.separate_with_masks(spectral.check_frontend(base), record("mag"), mix, 3)
+    b = spectral.separate_with_masks(fe_log, record("log"), mix, 3)
+    np.testing.assert_allclose(seen["log"], np.log1p(seen["mag"]), rtol=1e-6)
+    np.testing.assert_array_equal(a, b)  # same masks -> same stems
+    with pytest.raises(ValueError, match="card.json: frontend input"):
+        spectral.check_frontend({**base, "input": "db"}, "card.json")

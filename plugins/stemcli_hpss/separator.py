@@ -59,7 +59,10 @@ class HPSSSeparator(Separator):
             [shape=(batch, 2, channels, time)] float32: harmonic, percussive.
         """
         b, c, n = mix.shape
-        spec = self._stft.stft(mix.astype(np.float64), axis=-1)  # (b, c, freq, frames)
+        x = mix.astype(np.float64)
+        if n < self.n_fft:  # the STFT needs at least half a window: a short input is zero-padded
+            x = np.pad(x, [(0, 0), (0, 0), (0, self.n_fft - n)])
+        spec = self._stft.stft(x, axis=-1)  # (b, c, freq, frames)
         mag = np.abs(spec).mean(axis=1)  # masks shared by the channels: (b, freq, frames)
         harm = median_filter(mag, size=(1, 1, self.kh), mode="reflect")
         perc = median_filter(mag, size=(1, self.kp, 1), mode="reflect")
@@ -67,6 +70,7 @@ class HPSSSeparator(Separator):
         total = hp + pp
         mask_h = np.where(total > 0, hp / np.where(total > 0, total, 1.0), 0.5)[:, None]
         out = np.empty((b, 2, c, n), np.float32)
-        out[:, 0] = self._stft.istft(spec * mask_h, k1=n)
-        out[:, 1] = self._stft.istft(spec * (1.0 - mask_h), k1=n)
+        k1 = x.shape[-1]
+        out[:, 0] = self._stft.istft(spec * mask_h, k1=k1)[..., :n]
+        out[:, 1] = self._stft.istft(spec * (1.0 - mask_h), k1=k1)[..., :n]
         return out
