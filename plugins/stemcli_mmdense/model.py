@@ -372,8 +372,9 @@ class MMDenseNet(nn.Module):
         b, c = logmag.shape[0], logmag.shape[1]
         if self.conv_bin < self.max_bin:  # logits above conv_bin come from the frame branch alone
             y = nn.functional.pad(y, (0, self.max_bin - self.conv_bin))
-        # the frame logits, shared by the channels, expanded explicitly: onnxruntime adds two
-        # equal shapes faster than it broadcasts over the channel axis (~3 % of the graph)
+        # the frame logits, shared by the channels, expanded explicitly (an Expand then an Add of
+        # equal shapes in the graph instead of a broadcast over the channel axis; with the
+        # logarithm moved to the front end the graph went from 0.124 to 0.122 s on 16 s)
         y = y.reshape(b, self.n_src, c, frames, self.max_bin) + self.frame(inp).expand(-1, -1, c, -1, -1)
         return y.reshape(b, self.n_src * c, frames, self.max_bin)
 
