@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report and go on: one missing system should not hide the others
             print(f"{name}: cannot build: {type(exc).__name__}: {exc}", file=sys.stderr)
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    if not runs:
+        sys.exit("error: no system could be built (see the errors above)")
     print(f"timing {', '.join(results[n]['system'] for n in runs)}, interleaved ...", flush=True)
     for name, timing in time_systems(runs, mix, args.repeats).items():
         results[name].update(timing)

@@ -181,7 +181,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
     else:
         net, example = model.mask_net().eval(), torch.rand(1, channels, 64, frontend["bins"])
-        inp = "logmag" if frontend.get("input") == "log1p" else "mag"
+        from stemcli.spectral import graph_input
+
+        inp = graph_input(frontend)[0]
         names, axes = [inp, "masks"], {inp: {0: "batch", 2: "frames"}, "masks": {0: "batch", 3: "frames"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -265,7 +267,9 @@ def export_run(
         io = {"input": "mix [batch, channels, time] float32", "output": "stems [batch, sources, channels, time] float32"}
     else:
         m = "sources - 1" if frontend["residual"] else "sources"
-        feature = "logmag = log1p(mag)" if frontend.get("input") == "log1p" else "mag"
+        from stemcli.spectral import graph_input
+
+        feature = graph_input(frontend)[1]
         io = {"input": f"{feature} [batch, channels, frames, bins] float32",
               "output": f"masks [batch, {m}, channels, frames, bins] float32"}
     training = {"run": str(run_dir), "data": run_cfg.get("data", {}),

@@ -64,6 +64,14 @@ def check_frontend(frontend: dict[str, Any], where: str = "model card") -> dict[
     return out
 
 
+def graph_input(frontend: dict[str, Any]) -> tuple[str, str]:
+    """The exported mask graph's input for a checked ``frontend``: ``(name, meaning)``, e.g.
+    ``("logmag", "logmag = log1p(mag)")`` for ``input: log1p``, ``("mag", "mag")`` otherwise."""
+    if frontend.get("input") == "log1p":
+        return "logmag", "logmag = log1p(mag)"
+    return "mag", "mag"
+
+
 def hann(n_fft: int) -> np.ndarray:
     """Periodic Hann window ``[shape=(n_fft,)]`` float64."""
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)

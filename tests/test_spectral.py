@@ -129,3 +129,6 @@ def test_frontend_input_log1p_feeds_the_logarithm() -> None:
     np.testing.assert_array_equal(a, b)  # same masks -> same stems
     with pytest.raises(ValueError, match="card.json: frontend input"):
         spectral.check_frontend({**base, "input": "db"}, "card.json")
+    # the exported graph's input is named after what it is fed
+    assert spectral.graph_input(fe_log) == ("logmag", "logmag = log1p(mag)")
+    assert spectral.graph_input(spectral.check_frontend(base)) == ("mag", "mag")
