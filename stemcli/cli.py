@@ -210,26 +210,32 @@ def export_cmd(run_dir, output, check_audio, force) -> None:
 
 
 @cli.command()
-@click.option("-m", "--model", default=None, help="Separator or model card to evaluate (default: the default model).")
+@click.option("-m", "--model", default=None,
+              help="Separator or model card to evaluate (default: the default model; 'oracle': the oracle alone).")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="MUSDB-layout folder (or one split).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--estimates", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Score an existing folder of estimates (<track>/<stem>.wav) instead of running a model.")
 @click.option("--oracle", is_flag=True, help="Score the ideal-ratio-mask oracle (the upper bound of a mask model).")
+@click.option("--n-fft", "n_fft", type=int, default=None,
+              help="The oracle's STFT size (default: the model's, else 4096).")
+@click.option("--hop", type=int, default=None, help="The oracle's STFT hop (default: the model's, else 1024).")
 @click.option("--tracks", type=int, default=None, help="Only the first N tracks.")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None)
 @click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-q", "--quiet", is_flag=True)
-def evaluate(model, data, split, estimates, oracle, tracks, backend, wiener, json_out, plot_out, quiet) -> None:
+def evaluate(model, data, split, estimates, oracle, n_fft, hop, tracks, backend, wiener, json_out, plot_out,
+             quiet) -> None:
     """BSS Eval v4 (museval): SDR/SIR/SAR/ISR per stem, median over frames then tracks."""
     from stemcli.evaluate import evaluate as run_eval
     from stemcli.plugins import SeparatorError
 
     try:
         run_eval(model, data, split=split, estimates=estimates, json_out=json_out, plot_out=plot_out, backend=backend,
-                 progress=not quiet, tracks=tracks, oracle=oracle, wiener=wiener, echo=click.echo)
+                 progress=not quiet, tracks=tracks, oracle=oracle, wiener=wiener, n_fft=n_fft, hop=hop,
+                 echo=click.echo)
     except (SeparatorError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 

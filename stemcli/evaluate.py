@@ -371,8 +371,14 @@ def evaluate(
     """
     say = echo or print
     start = time.perf_counter()
-    folders = find_tracks(data, split, tracks)
     use_oracle_only = isinstance(model, str) and model == ORACLE
+    if (n_fft is not None or hop is not None) and not (oracle or use_oracle_only):
+        raise EvaluationError("n_fft/hop set the oracle's STFT: add --oracle (or -m oracle)")
+    if n_fft is not None and n_fft < 2:
+        raise EvaluationError(f"oracle n_fft must be >= 2, got {n_fft}")
+    if hop is not None and not 1 <= hop <= (n_fft or oracle_mod.DEFAULT_N_FFT):
+        raise EvaluationError(f"oracle hop must be in [1, n_fft], got {hop}")
+    folders = find_tracks(data, split, tracks)
     separator = None
     label: str
     if estimates is not None:

@@ -268,3 +268,24 @@ def test_cli_evaluate_scores_an_estimates_folder(two: Path, tmp_path: Path) -> N
     assert saved["per_stem"]["accompaniment"]["SDR"] > 40
     bad = CliRunner().invoke(cli, ["evaluate", "--data", str(tmp_path / "est"), "--estimates", str(est)])
     assert bad.exit_code != 0 and "no track found" in bad.output
+
+
+def test_cli_evaluate_oracle_at_a_chosen_stft(four: Path, tmp_path: Path) -> None:
+    """``-m oracle --n-fft N --hop H`` scores the oracle at that STFT (recorded in the JSON);
+    the STFT options without the oracle, or a hop beyond the window, are refused."""
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    out = tmp_path / "o.json"
+    result = CliRunner().invoke(cli, ["evaluate", "-m", "oracle", "--data", str(four), "--tracks", "1",
+                                      "--n-fft", "1024", "--hop", "256", "--json", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["oracle"] == {"n_fft": 1024, "hop": 256, "power": 2.0}
+    default = evaluate("oracle", four, progress=False, tracks=1, echo=lambda _: None)
+    assert saved["per_stem"]["bass"]["SDR"] != pytest.approx(default["per_stem"]["bass"]["SDR"], abs=1e-6)
+    alone = CliRunner().invoke(cli, ["evaluate", "--data", str(four), "--n-fft", "1024"])
+    assert alone.exit_code != 0 and "add --oracle" in alone.output
+    bad = CliRunner().invoke(cli, ["evaluate", "-m", "oracle", "--data", str(four), "--n-fft", "512", "--hop", "1024"])
+    assert bad.exit_code != 0 and "hop must be in [1, n_fft], got 1024" in bad.output
