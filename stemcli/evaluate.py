@@ -372,12 +372,9 @@ def evaluate(
     say = echo or print
     start = time.perf_counter()
     use_oracle_only = isinstance(model, str) and model == ORACLE
-    if (n_fft is not None or hop is not None) and not (oracle or use_oracle_only):
+    run_oracle = oracle or use_oracle_only
+    if (n_fft is not None or hop is not None) and not run_oracle:
         raise EvaluationError("n_fft/hop set the oracle's STFT: add --oracle (or -m oracle)")
-    if n_fft is not None and n_fft < 2:
-        raise EvaluationError(f"oracle n_fft must be >= 2, got {n_fft}")
-    if hop is not None and not 1 <= hop <= (n_fft or oracle_mod.DEFAULT_N_FFT):
-        raise EvaluationError(f"oracle hop must be in [1, n_fft], got {hop}")
     folders = find_tracks(data, split, tracks)
     separator = None
     label: str
@@ -396,7 +393,11 @@ def evaluate(
         separator = api.get_separator(model, backend, wiener)
         label = separator.name or str(model)
     o_fft, o_hop = _stft_of(separator, n_fft, hop)
-    run_oracle = oracle or use_oracle_only
+    if run_oracle:  # the resolved STFT (the model's fills what was not given), before any track
+        try:
+            oracle_mod.check_stft(o_fft, o_hop)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
 
     per_track: dict[str, dict[str, Any]] = {}
     oracle_track: dict[str, dict[str, Any]] = {}

@@ -48,6 +48,14 @@ def _fit(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
+def check_stft(n_fft: int, hop: int) -> None:
+    """Raise ``ValueError`` unless ``n_fft >= 2`` and ``1 <= hop <= n_fft`` (the oracle's STFT)."""
+    if n_fft < 2:
+        raise ValueError(f"oracle n_fft must be >= 2, got {n_fft}")
+    if not 1 <= hop <= n_fft:
+        raise ValueError(f"oracle hop must be in [1, n_fft], got {hop} (n_fft={n_fft})")
+
+
 def ideal_ratio_mask(
     mixture: np.ndarray,
     references: np.ndarray,
@@ -81,8 +89,7 @@ def ideal_ratio_mask(
             f"references must have shape (sources, {mixture.shape[0]}, {mixture.shape[1]}) to match the "
             f"mixture, got {references.shape}"
         )
-    if not (0 < hop <= n_fft):
-        raise ValueError(f"need 0 < hop <= n_fft, got hop={hop}, n_fft={n_fft}")
+    check_stft(n_fft, hop)
     if power <= 0:
         raise ValueError(f"power must be positive, got {power}")
     length = mixture.shape[-1]

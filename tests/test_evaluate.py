@@ -173,6 +173,23 @@ def test_model_through_the_api_scores_the_common_stems(two: Path) -> None:
         assert res["oracle_gap_per_track"]["track1"][stem] == pytest.approx(gap)  # one track: same
 
 
+def test_oracle_hop_is_checked_against_the_model_stft(two: Path) -> None:
+    """Without ``n_fft`` the oracle takes the model's STFT: a hop beyond the model's window is
+    refused before any track is separated (not checked against the 4096 default)."""
+    calls: list[int] = []
+
+    class Short(SplitAt1k):
+        n_fft, hop = 1024, 512
+
+        def separate(self, mix: np.ndarray) -> np.ndarray:
+            calls.append(mix.shape[-1])
+            return super().separate(mix)
+
+    with pytest.raises(EvaluationError, match=r"hop must be in \[1, n_fft\], got 2048 \(n_fft=1024\)"):
+        evaluate(Short(), two / "test", progress=False, oracle=True, hop=2048, echo=lambda _: None)
+    assert calls == []
+
+
 def test_oracle_as_model_name(two: Path) -> None:
     res = evaluate("oracle", two, progress=False, echo=lambda _: None, n_fft=2048, hop=512)
     assert res["settings"]["oracle"] == {"n_fft": 2048, "hop": 512, "power": 2.0}
