@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.signal import istft, stft
+from scipy.signal import check_NOLA, istft, stft
 
 from stemcli.plugins import Separator
 
@@ -49,11 +49,20 @@ def _fit(x: np.ndarray, length: int) -> np.ndarray:
 
 
 def check_stft(n_fft: int, hop: int) -> None:
-    """Raise ``ValueError`` unless ``n_fft >= 2`` and ``1 <= hop <= n_fft`` (the oracle's STFT)."""
+    """Raise ``ValueError`` unless the oracle's STFT can be inverted: ``n_fft >= 2``,
+    ``1 <= hop <= n_fft``, and Hann windows ``hop`` apart overlap everywhere (scipy's NOLA
+    condition; it fails only for hops within a few samples of ``n_fft``, where the inverse
+    divides by a window sum that is zero or nearly so: at n_fft 1024, hop 1023 put the stems
+    0.5 off the mixture)."""
     if n_fft < 2:
         raise ValueError(f"oracle n_fft must be >= 2, got {n_fft}")
     if not 1 <= hop <= n_fft:
         raise ValueError(f"oracle hop must be in [1, n_fft], got {hop} (n_fft={n_fft})")
+    if not check_NOLA("hann", n_fft, n_fft - hop):
+        raise ValueError(
+            f"oracle hop {hop} leaves Hann windows of {n_fft} samples too little overlap to invert "
+            f"the STFT; use a hop of at most {n_fft // 2}"
+        )
 
 
 def ideal_ratio_mask(

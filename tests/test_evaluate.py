@@ -237,6 +237,18 @@ def test_oracle_masks_sum_to_the_mixture() -> None:
         ideal_ratio_mask(mix, refs[:, :1])
 
 
+def test_oracle_refuses_a_hop_whose_windows_do_not_overlap() -> None:
+    """Hann windows 1023 apart on n_fft 1024 barely overlap: the inverse would put the stems far
+    off the mixture (0.5 on unit noise), so the hop is refused; 1000 still inverts exactly."""
+    rng = np.random.default_rng(4)
+    refs = rng.standard_normal((2, 1, 8000)).astype(np.float32)
+    mix = refs.sum(0)
+    np.testing.assert_allclose(ideal_ratio_mask(mix, refs, n_fft=1024, hop=1000).sum(0), mix, atol=1e-4)
+    for hop in (1023, 1024):
+        with pytest.raises(ValueError, match=f"oracle hop {hop} leaves Hann windows of 1024 samples too little"):
+            ideal_ratio_mask(mix, refs, n_fft=1024, hop=hop)
+
+
 def test_oracle_separator_through_the_engine() -> None:
     """The oracle behind the Separator interface, run by the real engine, separates tones apart in frequency."""
     from stemcli import api
