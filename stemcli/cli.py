@@ -195,15 +195,18 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="models/NAME.onnx")
 @click.option("--check-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real audio for the onnxruntime-vs-torch parity check.")
+@click.option("--weights", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="float16: round the weights to float16 and store them so (files half the size; "
+                   "onnxruntime still computes in float32).")
 @click.option("--force", is_flag=True, help="Overwrite an existing model.")
-def export_cmd(run_dir, output, check_audio, force) -> None:
+def export_cmd(run_dir, output, check_audio, weights, force) -> None:
     """Export a training run to ONNX, verify it against torch, and write its model card."""
     from stemcli.export import export_run
 
     if output.exists() and not force:
         raise click.ClickException(f"{output}: exists (use --force to replace it)")
     try:
-        card = export_run(run_dir, output, check_audio=check_audio)
+        card = export_run(run_dir, output, check_audio=check_audio, weights=weights)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     click.echo(f"wrote {output} and {output.with_suffix('.json')} (sha256 {str(card.get('sha256', ''))[:12]}...)", err=True)

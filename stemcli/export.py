@@ -17,6 +17,15 @@
 4. writes ``NAME.pt`` (the ``state_dict`` only) and the card ``NAME.json`` with the sha256 of
    both files, the training data card, steps and time, validation SDR, optional measured
    metrics and the exact command.
+
+``weights="float16"`` halves the files: the weights are first rounded to the nearest float16
+value (in torch, which stays float32), then every ONNX initializer that holds such values
+exactly (the linear and LSTM matrices; not the convolutions the exporter fuses with their
+BatchNorm) is stored as float16 behind a ``Cast`` to float32, and ``NAME.pt`` keeps float16
+tensors (``load_state_dict`` casts them back).  The computation stays float32: onnxruntime folds
+the casts when the session is created, and the parity check compares the rounded torch model
+with the file it wrote, so the usual tolerance holds.  What rounding costs in SDR is measured,
+not assumed (export/README.md).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from stemcli.modelcard import CARD_FORMAT, command_line, save_card, sha256_file
 
 OPSET = 17
 TOLERANCE = 1e-4
+WEIGHT_DTYPES = ("float32", "float16")
+FP16_MIN_ELEMENTS = 1024  # smaller initializers stay float32 (not worth a Cast node)
 
 
 class ExportError(RuntimeError):
@@ -166,6 +177,78 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
     return diffs
 
 
+def round_weights_to_float16(model: Any) -> int:
+    """Round every floating tensor of ``model``'s state dict (its weights and BatchNorm
+    statistics; not the fixed non-persistent buffers such as the STFT's) to the nearest float16
+    value, in place (the tensors stay float32).  Returns how many values changed.
+
+    Raises:
+        ExportError: a value is beyond float16's range (|x| > 65504).
+    """
+    import torch
+
+    changed = 0
+    with torch.no_grad():
+        for name, t in model.state_dict().items():  # shares storage with the model
+            if not t.is_floating_point():
+                continue
+            half = t.to(torch.float16)
+            if not torch.isfinite(half).all() and torch.isfinite(t).all():
+                raise ExportError(f"{name}: weights beyond float16's range (max |w| {t.abs().max().item():.3g} > 65504)")
+            rounded = half.to(t.dtype)
+            changed += int((rounded != t).sum())
+            t.copy_(rounded)
+    return changed
+
+
+def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELEMENTS) -> dict[str, int]:
+    """Rewrite ``onnx_path`` with every float32 initializer of at least ``min_elements`` values
+    that float16 holds exactly stored as float16, followed by a ``Cast`` back to float32 under
+    the original name (lossless by construction: an inexact tensor is left as it is).
+
+    Returns ``{"tensors": converted, "values": their elements, "kept_float32": inexact ones}``.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    keep, casts = [], []
+    stats = {"tensors": 0, "values": 0, "kept_float32": 0}
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or init.name in inputs:
+            keep.append(init)
+            continue
+        w = numpy_helper.to_array(init)
+        if w.size < min_elements:
+            keep.append(init)
+            continue
+        half = w.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), w, equal_nan=True):
+            stats["kept_float32"] += 1
+            keep.append(init)
+            continue
+        stored = init.name + "__float16"
+        keep.append(numpy_helper.from_array(half, stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], to=TensorProto.FLOAT,
+                                      name=init.name + "__cast"))
+        stats["tensors"] += 1
+        stats["values"] += int(w.size)
+    if not casts:
+        return stats
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, onnx_path)
+    return stats
+
+
 def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
     (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time)."""
@@ -213,6 +296,7 @@ def export_run(
     command: str | None = None,
     tolerance: float = TOLERANCE,
     seed: int = 0,
+    weights: str = "float32",
 ) -> dict[str, Any]:
     """Export the run in ``run_dir`` to ``out_onnx`` (+ ``.pt`` and ``.json`` next to it).
 
@@ -226,6 +310,8 @@ def export_run(
         command: the command to record (default: this process's ``sys.argv``).
         tolerance: largest allowed |onnxruntime - torch|.
         seed: seed of the random parity input.
+        weights: ``"float32"``, or ``"float16"`` to round the weights to float16 and store them
+            so (files about half the size; see the module docstring).
 
     Returns:
         The card (also written to ``out_onnx.with_suffix(".json")``).
@@ -241,10 +327,17 @@ def export_run(
     run_dir, out_onnx = Path(run_dir), Path(out_onnx)
     if out_onnx.suffix != ".onnx":
         raise ValueError(f"{out_onnx}: the output must end in .onnx")
+    if weights not in WEIGHT_DTYPES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, got {weights!r}")
     run_cfg, model, info = _load_run(run_dir)
     mcfg = run_cfg["model"]
     channels = int(mcfg["channels"])
+    stored: dict[str, Any] = {"dtype": weights}
+    if weights == "float16":
+        stored["rounded_values"] = round_weights_to_float16(model)
     export_model(model, out_onnx, channels)
+    if weights == "float16":
+        stored["onnx_float16"] = store_initializers_float16(out_onnx)
 
     rng = np.random.default_rng(seed)
     inputs = {"random": (0.3 * rng.standard_normal((2, channels, 123_457))).astype(np.float32)}
@@ -259,7 +352,10 @@ def export_run(
 
     pt_path = out_onnx.with_suffix(".pt")
     tmp = pt_path.with_name(pt_path.name + ".partial")
-    torch.save(model.state_dict(), tmp)
+    state = model.state_dict()
+    if weights == "float16":  # exact: the values were rounded above
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp)
     os.replace(tmp, pt_path)
 
     frontend = _frontend(model)
@@ -298,7 +394,7 @@ def export_run(
         "training": training,
         "metrics": metrics or {},
         "export": {
-            "opset": OPSET, "parity_max_abs_diff": diffs, "tolerance": tolerance,
+            "opset": OPSET, "parity_max_abs_diff": diffs, "tolerance": tolerance, "weights": stored,
             "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
@@ -327,10 +423,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-audio", type=Path)
     p.add_argument("--segment", type=float, default=30.0)
     p.add_argument("--context", type=float, default=1.0)
+    p.add_argument("--weights", choices=WEIGHT_DTYPES, default="float32")
     a = p.parse_args(argv)
     try:
         command = command_line(None if argv is None else ["export.py", *argv])
-        card = export_run(a.run_dir, a.output, a.check_audio, segment=a.segment, context=a.context, command=command)
+        card = export_run(a.run_dir, a.output, a.check_audio, segment=a.segment, context=a.context, command=command,
+                          weights=a.weights)
     except (ValueError, ExportError) as exc:
         sys.exit(f"error: {exc}")
     print(json.dumps({"onnx": str(a.output), "parity": card["export"]["parity_max_abs_diff"],

@@ -143,3 +143,84 @@ def test_session_options_flush_denormals_and_set_threads() -> None:
     assert opts.get_session_config_entry("session.set_denormal_as_zero") == "1"
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
     assert session_options().intra_op_num_threads == 0  # onnxruntime's own choice
+
+
+def _frame_run(tmp_path: Path) -> Path:
+    """A run whose frame branch has matrices large enough to be stored as float16."""
+    run = tmp_path / "frame_run"
+    run.mkdir()
+    cfg = {**DEFAULT_CONFIG, **TINY, "frame": {"hidden": 16}, "conv_bin": 32, "split_bin": 16,
+           "high": {"growth": 4, "layers": [1, 1], "pool": [1, 1]}, "full": {"growth": 4, "layers": [1, 1], "pool": [1, 1]}}
+    torch.manual_seed(1)
+    model = MMDenseNet(cfg)
+    (run / "config.json").write_text(json.dumps({"model": cfg, "data": {"root": "nowhere"}}))
+    torch.save({"model": model.state_dict(), "step": 3}, run / "best.pt")
+    return run
+
+
+def test_float16_weights_halve_the_matrices_and_keep_parity(tmp_path: Path, real_audio: Path) -> None:
+    import onnx
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    run = _frame_run(tmp_path)
+    full = export_run(run, tmp_path / "f32" / "m.onnx", check_audio=real_audio)
+    res = CliRunner().invoke(cli, ["export", str(run), "-o", str(tmp_path / "f16" / "m.onnx"),
+                                   "--check-audio", str(real_audio), "--weights", "float16"])
+    assert res.exit_code == 0, res.output
+    card = load_card(tmp_path / "f16" / "m.json")
+    stored = card["export"]["weights"]
+    assert full["export"]["weights"] == {"dtype": "float32"} and stored["dtype"] == "float16"
+    # the frame branch's input and output matrices (2 x 64 x 16 and 16 x 4 x 64) went to float16
+    assert stored["onnx_float16"]["values"] >= 2 * 64 * 16 + 16 * 4 * 64
+    saved = full["files"]["onnx"]["bytes"] - card["files"]["onnx"]["bytes"]
+    assert saved >= 2 * stored["onnx_float16"]["values"] - 4096  # 2 bytes per value, less the Cast nodes
+    graph = onnx.load(str(tmp_path / "f16" / "m.onnx")).graph
+    halves = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert len(halves) == stored["onnx_float16"]["tensors"]
+    assert sum(n.op_type == "Cast" and n.input[0] in halves for n in graph.node) == len(halves)
+    assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    state = torch.load(tmp_path / "f16" / "m.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    # both backends run the rounded weights: they agree, and differ (slightly) from float32
+    x = sf.read(real_audio, dtype="float32", always_2d=True)[0].T[None]
+    on16 = OnnxSeparator(tmp_path / "f16" / "m.json").separate(x)
+    th16 = OnnxSeparator(tmp_path / "f16" / "m.json", backend="torch").separate(x)
+    on32 = OnnxSeparator(tmp_path / "f32" / "m.json").separate(x)
+    assert np.abs(on16 - th16).max() <= 1e-4
+    assert 0 < np.abs(on16 - on32).max() < 1e-2
+
+
+def test_float16_rounding_refuses_weights_beyond_its_range(run_dir: Path, tmp_path: Path) -> None:
+    from stemcli.export import round_weights_to_float16
+
+    model = MMDenseNet({**DEFAULT_CONFIG, **TINY})
+    assert round_weights_to_float16(model) > 0
+    assert round_weights_to_float16(model) == 0  # idempotent: already float16 values
+    with torch.no_grad():
+        model.in_scale[3] = 1e5
+    with pytest.raises(ExportError, match=r"in_scale: weights beyond float16's range"):
+        round_weights_to_float16(model)
+    with pytest.raises(ValueError, match="weights must be one of float32, float16"):
+        export_run(run_dir, tmp_path / "x.onnx", weights="bfloat16")
+
+
+def test_float16_storage_converts_only_exact_tensors(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import onnxruntime as ort
+
+    from stemcli.export import store_initializers_float16
+
+    out = tmp_path / "m.onnx"
+    export_run(run_dir, out, check_audio=real_audio)  # float32 weights, not rounded
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(out, copy)
+    stats = store_initializers_float16(copy, min_elements=1)
+    # random weights are not float16 values and stay; zero-initialised ones (the bass output) are
+    assert stats["kept_float32"] > 0 and stats["tensors"] > 0
+    x = np.random.default_rng(0).random((1, 2, 40, 64)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (out, copy))
+    name = a.get_inputs()[0].name
+    assert np.array_equal(a.run(None, {name: x})[0], b.run(None, {name: x})[0])

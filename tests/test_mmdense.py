@@ -232,6 +232,21 @@ def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5
 
 
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
+def test_masks_without_full_band_logits_equal_the_softmax_of_the_logits(tiny: dict) -> None:
+    """masks_from_log (training's forward and the exported graph) computes the bins above
+    conv_bin once for both channels; it must equal the softmax of the full-band logits."""
+    model = tiny_model(4, tiny).double()
+    logmag = torch.log1p(torch.rand(2, 2, 40, tiny["max_bin"], dtype=torch.float64))
+    with torch.no_grad():
+        got = model.masks_from_log(logmag)
+        want = torch.softmax(model.logits_from_log(logmag).reshape(2, 4, 2, 40, tiny["max_bin"]), dim=1)[:, :3]
+        assert got.shape == (2, 3, 2, 40, tiny["max_bin"])
+        assert torch.max(torch.abs(got - want)) < 1e-12
+        assert torch.equal(model.mask_net()(logmag), got)
+
+
 def test_frame_branch_starts_as_a_no_op() -> None:
     """Its output layer is zero at initialisation: the masks are the convolutions' alone."""
     cfg = {**TINY, "frame": {"hidden": 6}}
