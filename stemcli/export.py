@@ -14,14 +14,17 @@
 3. runs onnxruntime (through the front end, if any) and torch on random audio and on real audio (``check_audio``, else an
    excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
    difference exceeds ``tolerance`` (1e-4);
-4. writes ``NAME.pt`` (the ``state_dict`` only) and the card ``NAME.json`` with the sha256 of
-   both files, the training data card, steps and time, validation SDR, optional measured
+4. (steps 2-3 work on a hidden staging file next to ``NAME.onnx``: a failure leaves an existing
+   model there, its ``.pt`` and its card as they were) writes ``NAME.pt`` (the ``state_dict``
+   only), moves the checked file to ``NAME.onnx`` and writes the card ``NAME.json`` with the
+   sha256 of both files, the training data card, steps and time, validation SDR, optional measured
    metrics and the exact command.
 
 ``weights="float16"`` halves the files: the weights are first rounded to the nearest float16
-value (in torch, which stays float32), then every ONNX initializer that holds such values
-exactly (the linear and LSTM matrices; not the convolutions the exporter fuses with their
-BatchNorm) is stored as float16 behind a ``Cast`` to float32, and ``NAME.pt`` keeps float16
+value (in torch, which stays float32), then every ONNX initializer of at least 1024 values that
+holds such values exactly (the linear, LSTM and transposed-convolution weights; not the
+convolutions the exporter fuses with their BatchNorm) is stored as float16 behind a ``Cast`` to
+float32, and ``NAME.pt`` keeps float16
 tensors (``load_state_dict`` casts them back).  The computation stays float32: onnxruntime folds
 the casts when the session is created, and the parity check compares the rounded torch model
 with the file it wrote, so the usual tolerance holds.  What rounding costs in SDR is measured,
@@ -193,7 +196,7 @@ def round_weights_to_float16(model: Any) -> int:
             if not t.is_floating_point():
                 continue
             half = t.to(torch.float16)
-            if not torch.isfinite(half).all() and torch.isfinite(t).all():
+            if bool((torch.isinf(half) & torch.isfinite(t)).any()):
                 raise ExportError(f"{name}: weights beyond float16's range (max |w| {t.abs().max().item():.3g} > 65504)")
             rounded = half.to(t.dtype)
             changed += int((rounded != t).sum())
@@ -214,6 +217,16 @@ def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELE
     model = onnx.load(str(onnx_path))
     graph = model.graph
     inputs = {i.name for i in graph.input}
+    taken = ({i.name for i in graph.initializer} | inputs | {o.name for o in graph.output}
+             | {n for node in graph.node for n in (*node.input, *node.output, node.name)})
+
+    def fresh(name: str) -> str:
+        out, k = name, 1
+        while out in taken:
+            out, k = f"{name}{k}", k + 1
+        taken.add(out)
+        return out
+
     keep, casts = [], []
     stats = {"tensors": 0, "values": 0, "kept_float32": 0}
     for init in graph.initializer:
@@ -229,10 +242,10 @@ def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELE
             stats["kept_float32"] += 1
             keep.append(init)
             continue
-        stored = init.name + "__float16"
+        stored = fresh(init.name + "__float16")
         keep.append(numpy_helper.from_array(half, stored))
         casts.append(helper.make_node("Cast", [stored], [init.name], to=TensorProto.FLOAT,
-                                      name=init.name + "__cast"))
+                                      name=fresh(init.name + "__cast")))
         stats["tensors"] += 1
         stats["values"] += int(w.size)
     if not casts:
@@ -242,7 +255,10 @@ def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELE
     nodes = casts + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx.checker.ValidationError is not a ValueError
+        raise ExportError(f"{onnx_path}: the float16 rewrite is not a valid ONNX model ({exc})") from exc
     tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
     onnx.save(model, str(tmp))
     os.replace(tmp, onnx_path)
@@ -332,22 +348,28 @@ def export_run(
     run_cfg, model, info = _load_run(run_dir)
     mcfg = run_cfg["model"]
     channels = int(mcfg["channels"])
-    stored: dict[str, Any] = {"dtype": weights}
-    if weights == "float16":
-        stored["rounded_values"] = round_weights_to_float16(model)
-    export_model(model, out_onnx, channels)
-    if weights == "float16":
-        stored["onnx_float16"] = store_initializers_float16(out_onnx)
-
     rng = np.random.default_rng(seed)
     inputs = {"random": (0.3 * rng.standard_normal((2, channels, 123_457))).astype(np.float32)}
     real = _real_audio(run_cfg, Path(check_audio) if check_audio else None, channels)
     if real is not None:
         inputs["real"] = real
+
+    stored: dict[str, Any] = {"dtype": weights}
+    if weights == "float16":
+        stored["rounded_values"] = round_weights_to_float16(model)
+    # everything is built and checked under a staging name first: a failure leaves an existing
+    # model at out_onnx (and its .pt and card) as it was
+    staging = out_onnx.with_name(f".{out_onnx.stem}.staging.onnx")
     try:
-        diffs = check_parity(model, out_onnx, inputs, tolerance)
-    except ExportError:
-        out_onnx.unlink(missing_ok=True)
+        export_model(model, staging, channels)
+        if weights == "float16":
+            stored["onnx_float16"] = store_initializers_float16(staging)
+        diffs = check_parity(model, staging, inputs, tolerance)
+    except ExportError as exc:
+        staging.unlink(missing_ok=True)
+        raise ExportError(str(exc).replace(str(staging), str(out_onnx))) from exc
+    except BaseException:
+        staging.unlink(missing_ok=True)
         raise
 
     pt_path = out_onnx.with_suffix(".pt")
@@ -357,6 +379,7 @@ def export_run(
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, tmp)
     os.replace(tmp, pt_path)
+    os.replace(staging, out_onnx)
 
     frontend = _frontend(model)
     if frontend is None:

@@ -121,6 +121,21 @@ def test_parity_failure_raises_and_leaves_no_card(run_dir: Path, real_audio: Pat
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+def test_failed_export_leaves_the_existing_model_as_it_was(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    export_run(run_dir, out, check_audio=real_audio)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("m.*")}
+    assert set(before) == {"m.onnx", "m.pt", "m.json"}
+    with pytest.raises(ExportError, match=r"m\.onnx: onnxruntime differs from torch"):
+        export_run(run_dir, out, check_audio=real_audio, tolerance=-1.0, weights="float16")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("m.*")} == before
+    with pytest.raises(ValueError, match="check audio not found"):
+        export_run(run_dir, out, check_audio=tmp_path / "missing.wav")
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("m.*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+    OnnxSeparator(out.with_suffix(".json"))  # still loads: hashes match
+
+
 def test_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="config.json"):
         export_run(tmp_path, tmp_path / "x.onnx")
@@ -153,6 +168,7 @@ def _frame_run(tmp_path: Path) -> Path:
            "high": {"growth": 4, "layers": [1, 1], "pool": [1, 1]}, "full": {"growth": 4, "layers": [1, 1], "pool": [1, 1]}}
     torch.manual_seed(1)
     model = MMDenseNet(cfg)
+    torch.nn.init.normal_(model.frame.out.weight, std=0.5)  # it starts at zero: make the branch count
     (run / "config.json").write_text(json.dumps({"model": cfg, "data": {"root": "nowhere"}}))
     torch.save({"model": model.state_dict(), "step": 3}, run / "best.pt")
     return run
@@ -202,6 +218,10 @@ def test_float16_rounding_refuses_weights_beyond_its_range(run_dir: Path, tmp_pa
         model.in_scale[3] = 1e5
     with pytest.raises(ExportError, match=r"in_scale: weights beyond float16's range"):
         round_weights_to_float16(model)
+    with torch.no_grad():  # an inf elsewhere in the tensor does not hide the overflow
+        model.in_scale[4] = float("inf")
+    with pytest.raises(ExportError, match=r"in_scale: weights beyond float16's range"):
+        round_weights_to_float16(model)
     with pytest.raises(ValueError, match="weights must be one of float32, float16"):
         export_run(run_dir, tmp_path / "x.onnx", weights="bfloat16")
 
@@ -221,6 +241,34 @@ def test_float16_storage_converts_only_exact_tensors(run_dir: Path, real_audio: 
     # random weights are not float16 values and stay; zero-initialised ones (the bass output) are
     assert stats["kept_float32"] > 0 and stats["tensors"] > 0
     x = np.random.default_rng(0).random((1, 2, 40, 64)).astype(np.float32)
+    # run again on the rewritten file: nothing new converts, and the new names never collide
+    again = store_initializers_float16(copy, min_elements=1)
+    assert again["tensors"] == 0 and again["kept_float32"] == stats["kept_float32"]
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (out, copy))
     name = a.get_inputs()[0].name
     assert np.array_equal(a.run(None, {name: x})[0], b.run(None, {name: x})[0])
+
+
+def test_float16_storage_picks_names_that_do_not_collide(tmp_path: Path) -> None:
+    """An initializer already named like the float16 copy of another one gets a fresh name."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stemcli.export import store_initializers_float16
+
+    w = numpy_helper.from_array(np.array([0.5, 2.0, -1.0], np.float32), "W")
+    w2 = numpy_helper.from_array(np.array([0.25, 4.0, 3.0], np.float32), "W__float16")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y0"]), helper.make_node("Mul", ["y0", "W__float16"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [w, w2])
+    path = tmp_path / "c.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert store_initializers_float16(path, min_elements=1)["tensors"] == 2
+    names = [i.name for i in onnx.load(str(path)).graph.initializer]
+    assert len(names) == len(set(names)) == 2
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.array_equal(got, want)
