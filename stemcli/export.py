@@ -24,11 +24,10 @@
 value (in torch, which stays float32), then every ONNX initializer of at least 1024 values that
 holds such values exactly (the linear, LSTM and transposed-convolution weights; not the
 convolutions the exporter fuses with their BatchNorm) is stored as float16 behind a ``Cast`` to
-float32, and ``NAME.pt`` keeps float16
-tensors (``load_state_dict`` casts them back).  The computation stays float32: onnxruntime folds
-the casts when the session is created, and the parity check compares the rounded torch model
-with the file it wrote, so the usual tolerance holds.  What rounding costs in SDR is measured,
-not assumed (export/README.md).
+float32, and ``NAME.pt`` keeps float16 tensors (``load_state_dict`` casts them back).  The
+computation stays float32: onnxruntime folds the casts when the session is created, and the
+parity check compares the rounded torch model with the file it wrote, so the usual tolerance
+holds.  What rounding costs in SDR is measured, not assumed (export/README.md).
 """
 
 from __future__ import annotations
