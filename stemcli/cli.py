@@ -174,18 +174,22 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="JSON file of architecture overrides, e.g. {\"low\": {\"lstm\": 64}} (nested keys merge).")
-def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file) -> None:
+@click.option("--loss-weight", "loss_weight", multiple=True, metavar="SOURCE=W",
+              help="Weight of one source in the L1 loss, e.g. drums=2 (repeatable; others weigh 1).")
+def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
+          loss_weight) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
-    from stemcli.train.loop import read_config_overrides
+    from stemcli.train.loop import parse_loss_weights, read_config_overrides
     from stemcli.train.loop import train as train_run
 
     if steps is None and minutes is None:
         raise click.ClickException("give --steps or --minutes (or both: whichever comes first)")
     try:
         overrides = read_config_overrides(config_file) if config_file is not None else None
+        weights = parse_loss_weights(loss_weight) if loss_weight else None
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
                   threads=threads, seed=seed, lr=lr, val_every=val_every, config=overrides,
-                  log=lambda m: click.echo(m, err=True))
+                  loss_weights=weights, log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet
+from stemcli_mmdense.model import DEFAULT_CONFIG, FrameBranch, MMDenseNet, PerSourceFrame
 
 from conftest import TINY_MMDENSE as TINY, onnx_and_torch
 
@@ -19,6 +19,7 @@ torch.set_num_threads(1)
 # the convolutions on the lower half of the bins, the frame branch over all of them
 TINY_FRAME = {**TINY, "max_bin": 128, "conv_bin": 64, "frame": {"hidden": 6}}
 TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LSTM
+TINY_FRAME_PS = {**TINY_FRAME, "frame": {"hidden": 6, "per_source": True}}  # one branch per source
 # a full-resolution bass path on the lowest 16 bins beside a frame branch
 TINY_BASS = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 2]}}
 
@@ -31,8 +32,9 @@ def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
         if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             mod.running_mean.uniform_(-0.5, 0.5)
             mod.running_var.uniform_(0.5, 2.0)
-    if model.frame is not None:  # its output layer starts at zero: make the branch visible
-        torch.nn.init.normal_(model.frame.out.weight, std=0.5)
+    for mod in model.modules():  # the frame branches' output layers start at zero: make them visible
+        if isinstance(mod, FrameBranch):
+            torch.nn.init.normal_(mod.out.weight, std=0.5)
     if model.bass is not None:  # likewise
         torch.nn.init.normal_(model.bass.out.weight, std=0.5)
     return model.eval()
@@ -90,6 +92,7 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_FRAME, "conv_bin": 60},  # off the pooling grid
      {**TINY_FRAME, "frame": {"hidden": 5}},
      {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}},
+     {**TINY_FRAME, "frame": {"hidden": 6, "per_source": "yes"}},
      {**TINY_BASS, "bass": {"bins": 6}},  # off the bass net's pooling grid
      {**TINY_BASS, "bass": {"bins": 48}}],  # above split_bin
 )
@@ -108,8 +111,8 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
 def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
@@ -219,8 +222,8 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
 def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
     model = tiny_model(3, tiny)
@@ -232,8 +235,8 @@ def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
 def test_masks_without_full_band_logits_equal_the_softmax_of_the_logits(tiny: dict) -> None:
     """masks_from_log (training's forward and the exported graph) computes the bins above
     conv_bin once for both channels; it must equal the softmax of the full-band logits."""
@@ -279,6 +282,29 @@ def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
     with torch.no_grad():
         assert torch.equal(model.masks(mag), model.masks(high_changed))
         assert torch.allclose(model.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
+
+
+def test_per_source_frame_branches_each_drive_one_source() -> None:
+    """``per_source``: one branch per source, each with its own weights; branch ``i`` writes the
+    logits of source ``i`` only, and its parameters are a shared branch's with one output."""
+    cfg = TINY_FRAME_PS
+    model = tiny_model(3, cfg).double()
+    assert isinstance(model.frame, PerSourceFrame) and len(model.frame.branches) == 4
+    shared = MMDenseNet({**cfg, "frame": {"hidden": 6}}).frame
+    one = FrameBranch(2, cfg["max_bin"], 1, 6)
+    assert sum(p.numel() for p in model.frame.parameters()) == 4 * sum(p.numel() for p in one.parameters())
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in model.frame.parameters())
+    inp = torch.rand(2, 2, 40, cfg["max_bin"], dtype=torch.float64)
+    with torch.no_grad():
+        out = model.frame(inp)
+        assert out.shape == (2, 4, 1, 40, cfg["max_bin"])
+        for i, branch in enumerate(model.frame.branches):
+            assert torch.equal(out[:, i : i + 1], branch(inp))
+        model.frame.branches[2].out.weight.zero_()
+        out2 = model.frame(inp)
+    assert torch.equal(out2[:, 2], torch.zeros_like(out2[:, 2]))
+    assert torch.equal(out2[:, [0, 1, 3]], out[:, [0, 1, 3]])
+    assert out[:, 2].abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("layers", [1, 2])

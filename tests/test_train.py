@@ -171,3 +171,75 @@ def test_cli_train_config_file_errors_name_the_file(tiny_musdb: Path, tmp_path: 
     assert res.exit_code != 0
     assert "missing.json: cannot read the config file" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_weighted_l1_is_the_weighted_mean_of_the_per_source_losses() -> None:
+    from stemcli.train.loop import source_weights, weighted_l1
+
+    est = torch.zeros(2, 3, 2, 10)
+    ref = torch.zeros(2, 3, 2, 10)
+    ref[:, 0] = 1.0  # per-source L1: 1, 2, 0
+    ref[:, 1] = -2.0
+    sources = ["a", "b", "c"]
+    assert weighted_l1(est, ref, None).item() == pytest.approx(1.0)
+    assert weighted_l1(est, ref, source_weights(sources, {"a": 1.0})).item() == pytest.approx(1.0)
+    assert weighted_l1(est, ref, source_weights(sources, {"b": 3.0})).item() == pytest.approx((1 + 6 + 0) / 5)
+    assert weighted_l1(est, ref, source_weights(sources, {"a": 2, "c": 4})).item() == pytest.approx((2 + 2) / 7)
+    assert source_weights(sources, None) is None
+    with pytest.raises(ValueError, match="unknown source.*d, e"):
+        source_weights(sources, {"d": 1.0, "e": 2.0})
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "2"):
+        with pytest.raises(ValueError, match="loss weight of a must be a finite number > 0"):
+            source_weights(sources, {"a": bad})
+
+
+def test_parse_loss_weights() -> None:
+    from stemcli.train.loop import parse_loss_weights
+
+    assert parse_loss_weights(["drums=2", " bass = 1.5"]) == {"drums": 2.0, "bass": 1.5}
+    for bad, msg in (("drums", "expected SOURCE=WEIGHT"), ("=2", "expected SOURCE=WEIGHT"),
+                     ("drums=x", "'x' is not a number")):
+        with pytest.raises(ValueError, match=msg):
+            parse_loss_weights([bad])
+    with pytest.raises(ValueError, match="drums given twice"):
+        parse_loss_weights(["drums=2", "drums=3"])
+
+
+def test_loss_weights_change_training_and_are_kept_on_resume(tiny_musdb: Path, tmp_path: Path) -> None:
+    """The weights reach the loss (a heavily weighted source makes a different run), are stored
+    in the run's config, kept by a resume without them and refused when they differ."""
+    kw = dict(batch=2, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
+              log_every=1, config=TINY, log=lambda m: None)
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+    train("mmdense", tiny_musdb, tmp_path / "plain", steps=3, **kw)
+    train("mmdense", tiny_musdb, tmp_path / "ones", steps=3, loss_weights={"drums": 1.0}, **kw)
+    train("mmdense", tiny_musdb, tmp_path / "w", steps=2, loss_weights={"drums": 20.0}, **kw)
+    assert losses(tmp_path / "ones") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
+    assert losses(tmp_path / "w")[1] != pytest.approx(losses(tmp_path / "plain")[1], rel=1e-3)
+    hyper = json.loads((tmp_path / "w" / "config.json").read_text())["hyperparameters"]
+    assert hyper["loss_weights"] == {"drums": 20.0} and hyper["loss"] == "weighted L1 waveform"
+    with pytest.raises(ValueError, match="trained with loss weights {'drums': 20.0}, not {'drums': 2.0}"):
+        train("mmdense", tiny_musdb, tmp_path / "w", steps=3, resume=True, loss_weights={"drums": 2.0}, **kw)
+    with pytest.raises(ValueError, match="trained with no loss weights"):
+        train("mmdense", tiny_musdb, tmp_path / "plain", steps=4, resume=True, loss_weights={"drums": 2.0}, **kw)
+    train("mmdense", tiny_musdb, tmp_path / "w", steps=3, resume=True, **kw)  # keeps its weights
+    resumed = tmp_path / "w2"
+    train("mmdense", tiny_musdb, resumed, steps=3, loss_weights={"drums": 20.0}, **kw)
+    assert losses(tmp_path / "w") == pytest.approx(losses(resumed), rel=1e-5)
+
+
+def test_cli_train_loss_weight_errors(tiny_musdb: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    base = ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"), "--steps", "1"]
+    res = CliRunner().invoke(cli, base + ["--loss-weight", "drum=2"])
+    assert res.exit_code != 0
+    assert "unknown source(s) drum" in res.output
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made
+    res = CliRunner().invoke(cli, base + ["--loss-weight", "drums"])
+    assert res.exit_code != 0 and "expected SOURCE=WEIGHT" in res.output

@@ -32,7 +32,8 @@ An optional frame branch (``"frame": {"hidden": H}``, :class:`FrameBranch`) look
 frame (all ``max_bin`` bins, both channels) with a bidirectional LSTM over time and adds one
 logit per source and bin to the convolutions' logits.  With it the convolutions may stop at
 ``conv_bin`` below ``max_bin``: the bins between (drums' cymbals above 11 kHz, say) get their
-masks from the frame branch alone, at a per-frame cost instead of a per-point one.  An optional
+masks from the frame branch alone, at a per-frame cost instead of a per-point one
+(``"per_source": true`` gives each source its own branch, :class:`PerSourceFrame`).  An optional
 bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 """
@@ -67,7 +68,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "full": {"growth": 12, "layers": [2, 2, 2], "pool": [2, 2], "lstm": 64},
     "final": {"channels": 32, "growth": 12, "layers": 2},
     # full-band frame branch beside the convolutions (hidden size, 0: none; stacked
-    # bidirectional LSTM layers, default 1): see FrameBranch
+    # bidirectional LSTM layers, default 1; "per_source": one branch per source, default
+    # false): see FrameBranch
     "frame": {"hidden": 0},
     # full-resolution bass path on the lowest ``bins`` bins (0: none): see BassBranch
     "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2]},
@@ -172,6 +174,23 @@ class FrameBranch(nn.Module):
         h = self.mid(torch.cat([h, r], dim=2))
         h = torch.relu(self.mid_bn(h.transpose(1, 2)).transpose(1, 2))
         return self.out(h).reshape(b, t, self.sources, 1, f).permute(0, 2, 3, 1, 4)
+
+
+class PerSourceFrame(nn.Module):
+    """One :class:`FrameBranch` per source (``"frame": {"per_source": true}``), Open-Unmix's
+    layout of one recurrent network per target: each sees the whole frame and owns its hidden
+    state instead of sharing one with the other sources.  ``sources`` times the parameters and
+    cost of a shared branch of the same ``hidden`` size (a few dozen ms per 30 s at 128).
+
+    Input ``[shape=(batch, channels, frames, bins)]``, output ``[shape=(batch, sources, 1, frames, bins)]``.
+    """
+
+    def __init__(self, channels: int, bins: int, sources: int, hidden: int, layers: int = 1) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(FrameBranch(channels, bins, 1, hidden, layers) for _ in range(sources))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
 
 
 class BassBranch(nn.Module):
@@ -336,7 +355,11 @@ class MMDenseNet(nn.Module):
         self.full = Band(c0, fc - band_c, cfg["full"], half)
         self.final = DenseBlock(fc, int(cfg["final"]["growth"]), int(cfg["final"]["layers"]))
         self.head = nn.ConvTranspose2d(self.final.cout, self.n_src * self.n_ch, 2, stride=2)
-        self.frame = FrameBranch(self.n_ch, self.max_bin, self.n_src, hidden, frame_layers) if hidden else None
+        per_source = frame.get("per_source", False)
+        if not isinstance(per_source, bool):
+            raise ValueError(f"mmdense config: frame.per_source must be true or false, got {per_source!r}")
+        frame_cls = PerSourceFrame if per_source else FrameBranch
+        self.frame = frame_cls(self.n_ch, self.max_bin, self.n_src, hidden, frame_layers) if hidden else None
         self.bass = BassBranch(self.n_ch, self.n_src, bass) if self.bass_bin else None
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:

@@ -137,6 +137,54 @@ def read_config_overrides(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def source_weights(sources: list[str], loss_weights: dict[str, float] | None) -> torch.Tensor | None:
+    """The loss weight of each source ``[shape=(sources,)]`` (1 unless named), or None when no
+    weights are given.
+
+    Raises:
+        ValueError: a name that is not a source, or a weight that is not a finite number > 0.
+    """
+    if loss_weights is None:
+        return None
+    unknown = sorted(set(loss_weights) - set(sources))
+    if unknown:
+        raise ValueError(f"loss weight for unknown source(s) {', '.join(unknown)} (sources: {', '.join(sources)})")
+    for name, w in loss_weights.items():
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+            raise ValueError(f"loss weight of {name} must be a finite number > 0, got {w!r}")
+    return torch.tensor([float(loss_weights.get(s, 1.0)) for s in sources])
+
+
+def weighted_l1(est: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """L1 loss of ``[batch, sources, channels, time]`` estimates, a weighted mean over sources
+    (the plain mean absolute error when ``weights`` is None)."""
+    if weights is None:
+        return torch.nn.functional.l1_loss(est, ref)
+    per_source = (est - ref).abs().mean(dim=(0, 2, 3))
+    return (per_source * weights).sum() / weights.sum()
+
+
+def parse_loss_weights(items: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """``["drums=2", "bass=1.5"]`` -> ``{"drums": 2.0, "bass": 1.5}``.
+
+    Raises:
+        ValueError: an item without ``=``, a weight that is not a number, or a name given twice.
+    """
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"loss weight '{item}': expected SOURCE=WEIGHT, e.g. drums=2")
+        if name in out:
+            raise ValueError(f"loss weight for {name} given twice")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"loss weight '{item}': {value!r} is not a number") from None
+    return out
+
+
 def _lr_at(lr: float, progress: float, step: int, warmup: int = 20) -> float:
     """Linear warm-up, constant, then cosine decay to 10% over the last 40% of the budget."""
     scale = min(1.0, (step + 1) / warmup)
@@ -163,6 +211,7 @@ def train(
     save_every: int = 25,
     log_every: int = 5,
     config: dict[str, Any] | None = None,
+    loss_weights: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train architecture ``plugin`` on the MUSDB-layout folder ``data`` into run folder ``out``.
@@ -187,6 +236,10 @@ def train(
         config: overrides of the architecture's default config (e.g. a smaller model for tests;
             nested dicts are merged, see :func:`merge_config`).  With ``resume`` they must
             match the run's config.
+        loss_weights: per-source weights of the L1 loss, e.g. ``{"drums": 2.0}`` (sources not
+            named weigh 1; the loss is the weighted mean of the per-source L1 losses, so all
+            weights 1 is the plain L1).  Stored in the run's config; a resumed run keeps its
+            weights, and different ones are an error.
         log: where progress lines go.
 
     Returns:
@@ -208,7 +261,6 @@ def train(
         raise ValueError(f"{data}: dataset folder not found")
     if threads:
         torch.set_num_threads(int(threads))
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, cfg_path = out / "checkpoint.pt", out / "config.json"
     if ckpt_path.exists() and not resume:
         raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue, or use a new --out")
@@ -219,6 +271,12 @@ def train(
     if cfg_path.exists() and resume:
         run_cfg = json.loads(cfg_path.read_text())
         model_cfg = run_cfg["model"]
+        stored = run_cfg["hyperparameters"].get("loss_weights")
+        if loss_weights is not None and loss_weights != stored:
+            was = f"loss weights {stored}" if stored else "no loss weights"
+            raise ValueError(f"{cfg_path}: the run was trained with {was}, not {loss_weights}; "
+                             "resume without --loss-weight or use a new --out")
+        loss_weights = stored
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
         if config and merge_config(model_cfg, config) != model_cfg:
@@ -232,11 +290,15 @@ def train(
             run_cfg["data"] = card
     else:
         model_cfg = merge_config(archs.default_config(plugin), config or {})
+        if loss_weights is not None:
+            hyper["loss"] = "weighted L1 waveform"
+            hyper["loss_weights"] = loss_weights
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
-    _write_json(run_cfg, cfg_path)
-
     sources = list(model_cfg["sources"])
+    weights = source_weights(sources, loss_weights)  # checked before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(run_cfg, cfg_path)
     rate = int(model_cfg["sample_rate"])
     torch.manual_seed(seed)
     model = archs.build(model_cfg)
@@ -314,7 +376,7 @@ def train(
             mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
             ref = torch.from_numpy(np.stack([s for _, s in pairs]))
             est = model(mix)
-            loss = torch.nn.functional.l1_loss(est, ref)
+            loss = weighted_l1(est, ref, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -365,12 +427,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--config", type=Path, help="JSON file of architecture config overrides")
+    p.add_argument("--loss-weight", action="append", default=[], metavar="SOURCE=W",
+                   help="weight of one source in the L1 loss (repeatable)")
     a = p.parse_args(argv)
     try:
         overrides = read_config_overrides(a.config) if a.config else None
+        weights = parse_loss_weights(a.loss_weight) if a.loss_weight else None
         train(a.plugin, a.data, a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, resume=a.resume,
               seconds=a.seconds, lr=a.lr, threads=a.threads, seed=a.seed, val_every=a.val_every,
-              save_every=a.save_every, config=overrides, log=lambda s: print(s, flush=True))
+              save_every=a.save_every, config=overrides, loss_weights=weights, log=lambda s: print(s, flush=True))
     except ValueError as exc:
         sys.exit(f"error: {exc}")
 
