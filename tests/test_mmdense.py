@@ -92,7 +92,6 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_FRAME, "conv_bin": 60},  # off the pooling grid
      {**TINY_FRAME, "frame": {"hidden": 5}},
      {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}},
-     {**TINY_FRAME, "frame": {"hidden": 6, "per_source": "yes"}},
      {**TINY_BASS, "bass": {"bins": 6}},  # off the bass net's pooling grid
      {**TINY_BASS, "bass": {"bins": 48}}],  # above split_bin
 )
@@ -282,6 +281,13 @@ def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
     with torch.no_grad():
         assert torch.equal(model.masks(mag), model.masks(high_changed))
         assert torch.allclose(model.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
+
+
+def test_per_source_config_errors() -> None:
+    with pytest.raises(ValueError, match="frame.per_source must be true or false, got 'yes'"):
+        MMDenseNet({**TINY_FRAME, "frame": {"hidden": 6, "per_source": "yes"}})
+    with pytest.raises(ValueError, match=r"frame.per_source needs a frame branch \(frame.hidden > 0\)"):
+        MMDenseNet({**TINY, "frame": {"hidden": 0, "per_source": True}})
 
 
 def test_per_source_frame_branches_each_drive_one_source() -> None:

@@ -185,10 +185,10 @@ def test_weighted_l1_is_the_weighted_mean_of_the_per_source_losses() -> None:
     assert weighted_l1(est, ref, source_weights(sources, {"a": 1.0})).item() == pytest.approx(1.0)
     assert weighted_l1(est, ref, source_weights(sources, {"b": 3.0})).item() == pytest.approx((1 + 6 + 0) / 5)
     assert weighted_l1(est, ref, source_weights(sources, {"a": 2, "c": 4})).item() == pytest.approx((2 + 2) / 7)
-    assert source_weights(sources, None) is None
+    assert source_weights(sources, None) is None and source_weights(sources, {}) is None
     with pytest.raises(ValueError, match="unknown source.*d, e"):
         source_weights(sources, {"d": 1.0, "e": 2.0})
-    for bad in (0.0, -1.0, float("nan"), float("inf"), "2"):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(ValueError, match="loss weight of a must be a finite number > 0"):
             source_weights(sources, {"a": bad})
 
@@ -206,10 +206,15 @@ def test_parse_loss_weights() -> None:
 
 
 def test_loss_weights_change_training_and_are_kept_on_resume(tiny_musdb: Path, tmp_path: Path) -> None:
-    """The weights reach the loss (a heavily weighted source makes a different run), are stored
-    in the run's config, kept by a resume without them and refused when they differ."""
+    """The weights reach the gradients (all-ones weights train the same model as none, a heavily
+    weighted source a different one), are stored in the run's config, kept by a resume without
+    them, accepted when equal and refused when different."""
     kw = dict(batch=2, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
               log_every=1, config=TINY, log=lambda m: None)
+
+    def params(out: Path) -> torch.Tensor:
+        state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+        return torch.cat([v.flatten().float() for v in state.values()])
 
     def losses(out: Path) -> list[float]:
         return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
@@ -217,18 +222,23 @@ def test_loss_weights_change_training_and_are_kept_on_resume(tiny_musdb: Path, t
     train("mmdense", tiny_musdb, tmp_path / "plain", steps=3, **kw)
     train("mmdense", tiny_musdb, tmp_path / "ones", steps=3, loss_weights={"drums": 1.0}, **kw)
     train("mmdense", tiny_musdb, tmp_path / "w", steps=2, loss_weights={"drums": 20.0}, **kw)
-    assert losses(tmp_path / "ones") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
-    assert losses(tmp_path / "w")[1] != pytest.approx(losses(tmp_path / "plain")[1], rel=1e-3)
+    train("mmdense", tiny_musdb, tmp_path / "w", steps=3, resume=True, **kw)  # keeps its weights
+    straight = tmp_path / "w2"  # the same 3 steps without the interruption
+    train("mmdense", tiny_musdb, straight, steps=3, loss_weights={"drums": 20.0}, **kw)
+    assert losses(tmp_path / "w") == pytest.approx(losses(straight), rel=1e-5)
+    assert torch.allclose(params(tmp_path / "w"), params(straight), atol=1e-6)
+    plain = params(tmp_path / "plain")
+    assert torch.allclose(params(tmp_path / "ones"), plain, atol=1e-6)
+    assert (params(tmp_path / "w") - plain).abs().max() > 1e-4
     hyper = json.loads((tmp_path / "w" / "config.json").read_text())["hyperparameters"]
     assert hyper["loss_weights"] == {"drums": 20.0} and hyper["loss"] == "weighted L1 waveform"
-    with pytest.raises(ValueError, match="trained with loss weights {'drums': 20.0}, not {'drums': 2.0}"):
-        train("mmdense", tiny_musdb, tmp_path / "w", steps=3, resume=True, loss_weights={"drums": 2.0}, **kw)
-    with pytest.raises(ValueError, match="trained with no loss weights"):
+    with pytest.raises(ValueError, match=r"trained with loss weights drums=20, not drums=2; resume without"):
+        train("mmdense", tiny_musdb, tmp_path / "w", steps=4, resume=True, loss_weights={"drums": 2.0}, **kw)
+    with pytest.raises(ValueError, match="trained with loss weights none, not drums=2"):
         train("mmdense", tiny_musdb, tmp_path / "plain", steps=4, resume=True, loss_weights={"drums": 2.0}, **kw)
-    train("mmdense", tiny_musdb, tmp_path / "w", steps=3, resume=True, **kw)  # keeps its weights
-    resumed = tmp_path / "w2"
-    train("mmdense", tiny_musdb, resumed, steps=3, loss_weights={"drums": 20.0}, **kw)
-    assert losses(tmp_path / "w") == pytest.approx(losses(resumed), rel=1e-5)
+    # the same weights written differently are the same run
+    train("mmdense", tiny_musdb, tmp_path / "plain", steps=4, resume=True, loss_weights={"bass": 1}, **kw)
+    train("mmdense", tiny_musdb, tmp_path / "w", steps=4, resume=True, loss_weights={"drums": 20, "bass": 1.0}, **kw)
 
 
 def test_cli_train_loss_weight_errors(tiny_musdb: Path, tmp_path: Path) -> None:
@@ -243,3 +253,8 @@ def test_cli_train_loss_weight_errors(tiny_musdb: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()  # refused before the run folder is made
     res = CliRunner().invoke(cli, base + ["--loss-weight", "drums"])
     assert res.exit_code != 0 and "expected SOURCE=WEIGHT" in res.output
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text('{"frame": {"hidden": 6, "per_source": "yes"}}')
+    res = CliRunner().invoke(cli, base + ["--config", str(bad_config)])
+    assert res.exit_code != 0 and "frame.per_source must be true or false" in res.output
+    assert not (tmp_path / "r").exists()  # a config the model refuses makes no run folder either

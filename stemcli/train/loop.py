@@ -15,7 +15,8 @@ count, the optimizer, the random generators and the wall-clock budget (``minutes
 total over all sessions; it counts training steps, data loading included, not validation
 or checkpoint writing).
 
-Loss: L1 between estimated and true stem waveforms, averaged over sources, channels and time.
+Loss: L1 between estimated and true stem waveforms, averaged over sources, channels and time
+(``loss_weights``: a weighted mean over sources of the per-source averages).
 The models end in an inverse STFT, so the loss sees what is delivered (phase included, the
 stems summing to the mixture), costs no extra transform in the backward pass, and its scale is
 independent of the spectrogram settings, so two architectures with different STFTs (MMDenseNet
@@ -144,15 +145,29 @@ def source_weights(sources: list[str], loss_weights: dict[str, float] | None) ->
     Raises:
         ValueError: a name that is not a source, or a weight that is not a finite number > 0.
     """
-    if loss_weights is None:
+    if not loss_weights:
         return None
     unknown = sorted(set(loss_weights) - set(sources))
     if unknown:
         raise ValueError(f"loss weight for unknown source(s) {', '.join(unknown)} (sources: {', '.join(sources)})")
     for name, w in loss_weights.items():
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+        if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
             raise ValueError(f"loss weight of {name} must be a finite number > 0, got {w!r}")
     return torch.tensor([float(loss_weights.get(s, 1.0)) for s in sources])
+
+
+def same_weights(sources: list[str], a: dict[str, float] | None, b: dict[str, float] | None) -> bool:
+    """Whether two loss-weight dicts give every source the same weight (None or ``{}``: all 1)."""
+    ones = torch.ones(len(sources))
+    wa, wb = source_weights(sources, a), source_weights(sources, b)
+    return torch.equal(ones if wa is None else wa, ones if wb is None else wb)
+
+
+def format_weights(loss_weights: dict[str, float] | None) -> str:
+    """``{"drums": 2.0}`` -> ``"drums=2"``; ``"none"`` without weights."""
+    if not loss_weights:
+        return "none"
+    return ", ".join(f"{k}={v:g}" for k, v in loss_weights.items())
 
 
 def weighted_l1(est: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -239,7 +254,8 @@ def train(
         loss_weights: per-source weights of the L1 loss, e.g. ``{"drums": 2.0}`` (sources not
             named weigh 1; the loss is the weighted mean of the per-source L1 losses, so all
             weights 1 is the plain L1).  Stored in the run's config; a resumed run keeps its
-            weights, and different ones are an error.
+            weights, and different ones are an error (equal ones written differently, e.g.
+            ``{"bass": 1}`` for none, are not).
         log: where progress lines go.
 
     Returns:
@@ -272,10 +288,9 @@ def train(
         run_cfg = json.loads(cfg_path.read_text())
         model_cfg = run_cfg["model"]
         stored = run_cfg["hyperparameters"].get("loss_weights")
-        if loss_weights is not None and loss_weights != stored:
-            was = f"loss weights {stored}" if stored else "no loss weights"
-            raise ValueError(f"{cfg_path}: the run was trained with {was}, not {loss_weights}; "
-                             "resume without --loss-weight or use a new --out")
+        if loss_weights is not None and not same_weights(list(model_cfg["sources"]), loss_weights, stored):
+            raise ValueError(f"{cfg_path}: the run was trained with loss weights {format_weights(stored)}, "
+                             f"not {format_weights(loss_weights)}; resume without --loss-weight or use a new --out")
         loss_weights = stored
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
@@ -290,18 +305,25 @@ def train(
             run_cfg["data"] = card
     else:
         model_cfg = merge_config(archs.default_config(plugin), config or {})
-        if loss_weights is not None:
+        if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
     sources = list(model_cfg["sources"])
-    weights = source_weights(sources, loss_weights)  # checked before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(run_cfg, cfg_path)
+    weights = source_weights(sources, loss_weights)
     rate = int(model_cfg["sample_rate"])
     torch.manual_seed(seed)
     model = archs.build(model_cfg)
+    train_set = StemDataset(data, "train", sources, seconds=seconds, sample_rate=rate, augment=True,
+                            remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]))
+    val_split = "valid" if (data / "valid").is_dir() else "test"
+    val_set = StemDataset(data, val_split, sources, seconds=val_seconds, sample_rate=rate, augment=False,
+                          seed=seed, channels=int(model_cfg["channels"]))
+    excerpts = val_set.fixed_excerpts(val_excerpts, seed=seed)
+    # the weights, the model config and the data are checked: only now is the run folder written
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(run_cfg, cfg_path)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     step, elapsed, best = 0, 0.0, -math.inf
@@ -318,12 +340,6 @@ def train(
             best = -math.inf
             log(f"validation data is now {data}: best validation SDR starts again")
 
-    train_set = StemDataset(data, "train", sources, seconds=seconds, sample_rate=rate, augment=True,
-                            remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]))
-    val_split = "valid" if (data / "valid").is_dir() else "test"
-    val_set = StemDataset(data, val_split, sources, seconds=val_seconds, sample_rate=rate, augment=False,
-                          seed=seed, channels=int(model_cfg["channels"]))
-    excerpts = val_set.fixed_excerpts(val_excerpts, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
         f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}")
