@@ -315,6 +315,11 @@ class MMDenseNet(nn.Module):
         self.conv_bin = int(cfg.get("conv_bin") or self.max_bin)
         frame = cfg.get("frame") or {}
         hidden, frame_layers = int(frame.get("hidden", 0)), int(frame.get("layers", 1))
+        per_source = frame.get("per_source", False)
+        if not isinstance(per_source, bool):
+            raise ValueError(f"mmdense config: frame.per_source must be true or false, got {per_source!r}")
+        if per_source and not hidden:
+            raise ValueError("mmdense config: frame.per_source needs a frame branch (frame.hidden > 0)")
         n_fft, hop = int(cfg["n_fft"]), int(cfg["hop"])
         # stem stride 2, then each band's input pooling and (levels - 1) 2x2 poolings
         multiple = 2 * max(
@@ -357,11 +362,6 @@ class MMDenseNet(nn.Module):
         self.full = Band(c0, fc - band_c, cfg["full"], half)
         self.final = DenseBlock(fc, int(cfg["final"]["growth"]), int(cfg["final"]["layers"]))
         self.head = nn.ConvTranspose2d(self.final.cout, self.n_src * self.n_ch, 2, stride=2)
-        per_source = frame.get("per_source", False)
-        if not isinstance(per_source, bool):
-            raise ValueError(f"mmdense config: frame.per_source must be true or false, got {per_source!r}")
-        if per_source and not hidden:
-            raise ValueError("mmdense config: frame.per_source needs a frame branch (frame.hidden > 0)")
         frame_cls = PerSourceFrame if per_source else FrameBranch
         self.frame = frame_cls(self.n_ch, self.max_bin, self.n_src, hidden, frame_layers) if hidden else None
         self.bass = BassBranch(self.n_ch, self.n_src, bass) if self.bass_bin else None
