@@ -227,14 +227,17 @@ def export_cmd(run_dir, output, check_audio, weights, force) -> None:
 @click.option("--n-fft", "n_fft", type=int, default=None,
               help="The oracle's STFT size (default: the model's, else 4096).")
 @click.option("--hop", type=int, default=None, help="The oracle's STFT hop (default: the model's, else 1024).")
+@click.option("--oracle-mask", type=click.Choice(["irm", "psm"]), default="irm", show_default=True,
+              help="The oracle's mask: ideal power ratio (irm) or clipped phase-sensitive (psm, the ceiling of any "
+                   "real mask in [0, 1]).")
 @click.option("--tracks", type=int, default=None, help="Only the first N tracks.")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None)
 @click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-q", "--quiet", is_flag=True)
-def evaluate(model, data, split, estimates, oracle, n_fft, hop, tracks, backend, wiener, json_out, plot_out,
-             quiet) -> None:
+def evaluate(model, data, split, estimates, oracle, n_fft, hop, oracle_mask, tracks, backend, wiener, json_out,
+             plot_out, quiet) -> None:
     """BSS Eval v4 (museval): SDR/SIR/SAR/ISR per stem, median over frames then tracks."""
     from stemcli.evaluate import evaluate as run_eval
     from stemcli.plugins import SeparatorError
@@ -242,7 +245,7 @@ def evaluate(model, data, split, estimates, oracle, n_fft, hop, tracks, backend,
     try:
         run_eval(model, data, split=split, estimates=estimates, json_out=json_out, plot_out=plot_out, backend=backend,
                  progress=not quiet, tracks=tracks, oracle=oracle, wiener=wiener, n_fft=n_fft, hop=hop,
-                 echo=click.echo)
+                 oracle_mask=oracle_mask, echo=click.echo)
     except (SeparatorError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 

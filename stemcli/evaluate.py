@@ -333,6 +333,7 @@ def evaluate(
     n_fft: int | None = None,
     hop: int | None = None,
     power: float = oracle_mod.DEFAULT_POWER,
+    oracle_mask: str = "irm",
     window: float = 1.0,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -355,6 +356,8 @@ def evaluate(
         n_fft, hop: the oracle's STFT (default: the model's ``n_fft``/``hop`` attributes or its
             card's ``config``, else 4096/1024).
         power: the oracle mask exponent (1: magnitude ratio, 2: power ratio).
+        oracle_mask: ``"irm"`` (ideal ratio mask with ``power``) or ``"psm"`` (clipped
+            phase-sensitive mask: the ceiling of any real mask in [0, 1]; see :mod:`stemcli.oracle`).
         window: museval frame window and hop in seconds.
         echo: where the table and notes go (default: print to stdout).
 
@@ -375,6 +378,10 @@ def evaluate(
     run_oracle = oracle or use_oracle_only
     if (n_fft is not None or hop is not None) and not run_oracle:
         raise EvaluationError("n_fft/hop set the oracle's STFT: add --oracle (or -m oracle)")
+    if oracle_mask not in oracle_mod.MASKS:
+        raise EvaluationError(f"unknown oracle mask '{oracle_mask}' (choose from {', '.join(oracle_mod.MASKS)})")
+    if oracle_mask != "irm" and not run_oracle:
+        raise EvaluationError("the oracle mask applies to the oracle: add --oracle (or -m oracle)")
     folders = find_tracks(data, split, tracks)
     separator = None
     label: str
@@ -425,7 +432,7 @@ def evaluate(
                 ests = {s: fit_length(np.asarray(raw[s], dtype=np.float32).reshape(channels, -1), n) for s in common}
             per_track[folder.name] = _track_scores(bss_eval({s: refs[s] for s in common}, ests, rate, window))
         if run_oracle:
-            ora = oracle_mod.oracle_separate(mixture, refs, n_fft=o_fft, hop=o_hop, power=power)
+            ora = oracle_mod.oracle_separate(mixture, refs, n_fft=o_fft, hop=o_hop, power=power, mask=oracle_mask)
             stems_o = available if use_oracle_only else list(per_track[folder.name])
             oracle_track[folder.name] = _track_scores(
                 bss_eval({s: refs[s] for s in stems_o}, {s: ora[s] for s in stems_o}, rate, window)
@@ -433,7 +440,9 @@ def evaluate(
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(folder.name)
 
-    oracle_settings = {"n_fft": o_fft, "hop": o_hop, "power": power}
+    oracle_settings: dict[str, Any] = {"n_fft": o_fft, "hop": o_hop, "power": power}
+    if oracle_mask != "irm":  # IRM results keep the layout they always had
+        oracle_settings = {"n_fft": o_fft, "hop": o_hop, "mask": oracle_mask}
     if use_oracle_only:
         per_track, oracle_track = oracle_track, {}
     result: dict[str, Any] = {
@@ -502,9 +511,14 @@ def format_table(result: Mapping[str, Any]) -> str:
             row += [_fmt(result["oracle"]["per_stem"][s]["SDR"]), _fmt(result["oracle_gap"][s])]
         rows.append(row)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    ora = result.get("settings", {}).get("oracle")
+    which = ""
+    if ora:
+        kind = "clipped phase-sensitive mask" if ora.get("mask") == "psm" else f"ratio mask, power {ora.get('power')}"
+        which = f"; oracle: {kind}, STFT {ora.get('n_fft')}/{ora.get('hop')}"
     lines = [
         f"{result['model']} on {len(result['tracks'])} track(s) of {result['data']} "
-        f"(dB, median over frames then tracks)",
+        f"(dB, median over frames then tracks{which})",
         "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))),
     ]
     for r in rows:

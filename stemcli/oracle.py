@@ -11,6 +11,15 @@ where ``X`` is the STFT of the mixture and ``S_k`` the STFT of stem ``k``.  With
 ``power=1`` is the magnitude ratio mask (IRM1), ``power=2`` the Wiener-like power ratio mask
 (IRM2, the default: it scores higher on BSS Eval, so it is the stricter ceiling).
 
+``mask="psm"`` is the clipped phase-sensitive mask instead,
+
+    M_j = clip(Re(S_j conj(X)) / |X|^2, 0, 1),
+
+the real mask in [0, 1] that brings ``M_j * X`` closest to ``S_j`` in each bin (the projection
+of ``S_j`` on ``X``, clipped): no real-valued mask model bounded to [0, 1] can do better bin by
+bin, so it is the ceiling of such a model, higher than IRM2 (a ratio mask ignores that stems
+cancel each other in a bin).  Its masks need not sum to one over the stems.
+
 Numpy/scipy only (no torch), so evaluation never needs a deep learning stack.
 """
 
@@ -26,6 +35,7 @@ from stemcli.plugins import Separator
 DEFAULT_N_FFT = 4096
 DEFAULT_HOP = 1024
 DEFAULT_POWER = 2.0
+MASKS = ("irm", "psm")  # ideal ratio mask |S_j|^p / sum |S_k|^p; clipped phase-sensitive mask
 
 
 def _stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
@@ -72,8 +82,9 @@ def ideal_ratio_mask(
     hop: int = DEFAULT_HOP,
     power: float = DEFAULT_POWER,
     eps: float = 1e-10,
+    mask: str = "irm",
 ) -> np.ndarray:
-    """Apply the ideal ratio masks computed from ``references`` to ``mixture``.
+    """Apply the ideal masks computed from ``references`` to ``mixture``.
 
     Args:
         mixture: [shape=(channels, time)] float audio.
@@ -81,7 +92,10 @@ def ideal_ratio_mask(
         n_fft: STFT frame length (samples), as the model's.
         hop: STFT hop (samples), as the model's.
         power: exponent ``p`` of the mask (1: magnitude ratio, 2: power ratio).
-        eps: added to the mask denominator; bins where every stem is silent get an equal split.
+        eps: added to the mask denominator; bins where every stem is silent get an equal split
+            (``"psm"``: bins where the mixture is silent get zero).
+        mask: ``"irm"`` (ratio mask, exponent ``power``) or ``"psm"`` (clipped phase-sensitive
+            mask; ``power`` unused).
 
     Returns:
         [shape=(sources, channels, time)] float32 estimates.
@@ -99,14 +113,22 @@ def ideal_ratio_mask(
             f"mixture, got {references.shape}"
         )
     check_stft(n_fft, hop)
+    if mask not in MASKS:
+        raise ValueError(f"unknown oracle mask '{mask}' (choose from {', '.join(MASKS)})")
     if power <= 0:
         raise ValueError(f"power must be positive, got {power}")
     length = mixture.shape[-1]
     mix_spec = _stft(mixture, n_fft, hop)  # (channels, bins, frames)
-    ref_mag = np.abs(_stft(references, n_fft, hop)) ** power  # (sources, channels, bins, frames)
-    total = ref_mag.sum(axis=0, keepdims=True)
-    n_src = references.shape[0]
-    masks = np.where(total > eps, ref_mag / np.maximum(total, eps), 1.0 / n_src)
+    ref_spec = _stft(references, n_fft, hop)  # (sources, channels, bins, frames)
+    if mask == "psm":
+        mix_pow = np.abs(mix_spec) ** 2
+        proj = (ref_spec * np.conj(mix_spec)[None]).real
+        masks = np.where(mix_pow > eps, np.clip(proj / np.maximum(mix_pow, eps), 0.0, 1.0), 0.0)
+    else:
+        ref_mag = np.abs(ref_spec) ** power
+        total = ref_mag.sum(axis=0, keepdims=True)
+        n_src = references.shape[0]
+        masks = np.where(total > eps, ref_mag / np.maximum(total, eps), 1.0 / n_src)
     estimates = _istft(masks * mix_spec[None], n_fft, hop, length)
     return estimates.astype(np.float32)
 
@@ -117,6 +139,7 @@ def oracle_separate(
     n_fft: int = DEFAULT_N_FFT,
     hop: int = DEFAULT_HOP,
     power: float = DEFAULT_POWER,
+    mask: str = "irm",
 ) -> dict[str, np.ndarray]:
     """Dict flavour of :func:`ideal_ratio_mask`, shaped like :func:`stemcli.api.separate`'s result.
 
@@ -131,7 +154,7 @@ def oracle_separate(
     if not names:
         raise ValueError("the oracle needs at least one reference stem")
     refs = np.stack([np.asarray(references[s]) for s in names])
-    est = ideal_ratio_mask(mixture, refs, n_fft=n_fft, hop=hop, power=power)
+    est = ideal_ratio_mask(mixture, refs, n_fft=n_fft, hop=hop, power=power, mask=mask)
     return {s: est[i] for i, s in enumerate(names)}
 
 
@@ -158,7 +181,10 @@ class OracleSeparator(Separator):
         n_fft: int = DEFAULT_N_FFT,
         hop: int = DEFAULT_HOP,
         power: float = DEFAULT_POWER,
+        mask: str = "irm",
     ) -> None:
+        if mask not in MASKS:
+            raise ValueError(f"unknown oracle mask '{mask}' (choose from {', '.join(MASKS)})")
         references = np.asarray(references, dtype=np.float32)
         if references.ndim != 3 or references.shape[0] != len(sources):
             raise ValueError(
@@ -171,7 +197,7 @@ class OracleSeparator(Separator):
         self.sample_rate = int(sample_rate)
         self.channels = int(references.shape[1])
         self.segment = references.shape[-1] / self.sample_rate + 1.0
-        self.n_fft, self.hop, self.power = int(n_fft), int(hop), float(power)
+        self.n_fft, self.hop, self.power, self.mask = int(n_fft), int(hop), float(power), mask
 
     def separate(self, mix: np.ndarray) -> np.ndarray:
         """Args: mix: [shape=(batch, channels, time)], each item the whole track.
@@ -192,8 +218,8 @@ class OracleSeparator(Separator):
                     f"oracle: got {item.shape[-1]} samples but the references have {n}; "
                     "the oracle must see the whole track"
                 )
-            out.append(ideal_ratio_mask(item, refs, self.n_fft, self.hop, self.power))
+            out.append(ideal_ratio_mask(item, refs, self.n_fft, self.hop, self.power, mask=self.mask))
         return np.stack(out).astype(np.float32)
 
 
-__all__ = ["ideal_ratio_mask", "oracle_separate", "OracleSeparator", "DEFAULT_N_FFT", "DEFAULT_HOP"]
+__all__ = ["ideal_ratio_mask", "oracle_separate", "OracleSeparator", "DEFAULT_N_FFT", "DEFAULT_HOP", "MASKS"]
