@@ -28,6 +28,7 @@ No torch import here.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
@@ -109,16 +110,28 @@ def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     frames = np.asarray(_fft.irfft(spec, n=n_fft, axis=-1), np.float32)  # zero-pads missing bins
     win = hann(n_fft)
     frames *= win.astype(np.float32)
-    out = np.zeros((*lead, nf + ratio - 1, hop), np.float32)
+    out = np.empty((*lead, nf + ratio - 1, hop), np.float32)
     parts = frames.reshape(*lead, nf, ratio, hop)
-    for j in range(ratio):
+    out[..., :nf, :] = parts[..., 0, :]  # overlap-add: the first quarter of each frame, then the rest
+    out[..., nf:, :] = 0.0
+    for j in range(1, ratio):
         out[..., j : j + nf, :] += parts[..., j, :]
-    env = np.zeros((nf + ratio - 1, hop))
-    wsq = (win**2).reshape(ratio, hop)
-    for j in range(ratio):
-        env[j : j + nf] += wsq[j]
-    out /= np.maximum(env, 1e-8).astype(np.float32)
+    out /= _envelope(n_fft, hop, nf)
     return out.reshape(*lead, -1)[..., half : half + length]
+
+
+@lru_cache(maxsize=16)
+def _envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
+    """The window-square overlap-add envelope of ``frames`` frames, floored at 1e-8:
+    [shape=(frames + n_fft / hop - 1, hop)] float32, read-only (cached: a song's parts share it)."""
+    ratio = n_fft // hop
+    env = np.zeros((frames + ratio - 1, hop))
+    wsq = (hann(n_fft) ** 2).reshape(ratio, hop)
+    for j in range(ratio):
+        env[j : j + frames] += wsq[j]
+    out = np.maximum(env, 1e-8).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], np.ndarray], mix: np.ndarray,
@@ -145,12 +158,16 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
     want = n_sources - 1 if frontend["residual"] else n_sources
     if m.shape != (mix.shape[0], want, *mag.shape[1:]):
         raise ValueError(f"mask model returned shape {m.shape}, expected {(mix.shape[0], want, *mag.shape[1:])}")
-    # masked spectra written straight into a zero-padded full-band buffer: the inverse FFT
-    # then takes all n_fft / 2 + 1 bins as they are (scipy pads a shorter input more slowly)
-    full = np.zeros((*m.shape[:-1], n_fft // 2 + 1), np.complex64)
-    np.multiply(m, spec[:, None], out=full[..., :bins])
-    est = istft(full, n_fft, hop, t)  # [B, M, C, T]
+    # one source at a time, each masked spectrum written straight into a zero-padded full-band
+    # buffer (the inverse FFT then takes all n_fft / 2 + 1 bins as they are: scipy pads a
+    # shorter input more slowly).  Per source, the arrays of a 16 s part stay below glibc's
+    # 32 MiB mmap threshold, so they are reused from the heap instead of being mapped and
+    # zeroed afresh by the kernel on every call (all sources at once: 75 MiB arrays).
+    est = np.empty((mix.shape[0], n_sources, *mix.shape[1:]), np.float32)  # [B, S, C, T]
+    full = np.zeros((*spec.shape[:-1], n_fft // 2 + 1), np.complex64)  # [B, C, F, n_fft/2+1]
+    for j in range(want):
+        np.multiply(m[:, j], spec, out=full[..., :bins])
+        est[:, j] = istft(full, n_fft, hop, t)
     if frontend["residual"]:
-        last = mix - est.sum(axis=1)
-        est = np.concatenate([est, last[:, None]], axis=1)
-    return np.ascontiguousarray(est, dtype=np.float32)
+        np.subtract(mix, est[:, :want].sum(axis=1), out=est[:, want])
+    return est

@@ -61,6 +61,27 @@ def test_separate_with_masks_residual_and_band_limit() -> None:
         spectral.separate_with_masks(fe, lambda m: m[:, None], mix, 3)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_separate_with_masks_equals_one_inverse_per_source(residual: bool) -> None:
+    """Batch of 2, random masks: every estimate is the inverse STFT of its own mask times the
+    mixture's spectrum (bins above ``bins`` zero), whether or not the last source is the residual;
+    the sources are inverted one at a time, so none may leak into another or another batch item."""
+    rng = np.random.default_rng(11)
+    fe = spectral.check_frontend({"type": "stft-masks", "n_fft": 512, "hop": 128, "bins": 200, "eps": 0.0,
+                                  "residual": residual})
+    mix = rng.standard_normal((2, 2, 9_000)).astype(np.float32)
+    n_src = 3
+    given = rng.random((2, n_src - residual, 2, 72, 200), dtype=np.float32)
+    out = spectral.separate_with_masks(fe, lambda mag: given, mix, n_src)
+    spec = spectral.stft(mix, 512, 128, 200)
+    assert out.shape == (2, n_src, 2, 9_000) and out.dtype == np.float32 and spec.shape[-2] == 72
+    for j in range(given.shape[1]):
+        want = spectral.istft(given[:, j] * spec, 512, 128, 9_000)
+        assert np.abs(out[:, j] - want).max() < 1e-6, j
+    if residual:
+        assert np.abs(out[:, -1] - (mix - out[:, :-1].sum(1))).max() < 1e-6
+
+
 @pytest.mark.parametrize("bad", [{"type": "cqt"}, {"n_fft": 1000, "hop": 300}, {"bins": 0}, {"hop": None}])
 def test_bad_frontend_is_refused(bad: dict) -> None:
     good = {"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 100}
