@@ -227,9 +227,9 @@ def export_cmd(run_dir, output, check_audio, weights, force) -> None:
 @click.option("--n-fft", "n_fft", type=int, default=None,
               help="The oracle's STFT size (default: the model's, else 4096).")
 @click.option("--hop", type=int, default=None, help="The oracle's STFT hop (default: the model's, else 1024).")
-@click.option("--oracle-mask", type=click.Choice(["irm", "psm"]), default="irm", show_default=True,
-              help="The oracle's mask: ideal power ratio (irm) or clipped phase-sensitive (psm, the ceiling of any "
-                   "real mask in [0, 1]).")
+@click.option("--oracle-mask", type=click.Choice(["irm", "psm"]), default=None,
+              help="The oracle's mask: ideal power ratio (irm, the default) or clipped phase-sensitive (psm: the "
+                   "best any real mask in [0, 1] does on the spectrogram, an upper reference).")
 @click.option("--tracks", type=int, default=None, help="Only the first N tracks.")
 @click.option("--backend", type=click.Choice(["onnx", "torch"]), default=None)
 @click.option("--wiener", type=int, default=0, show_default=True, help="Multichannel Wiener post-filter EM iterations (0 = off).")

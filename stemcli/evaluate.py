@@ -333,7 +333,7 @@ def evaluate(
     n_fft: int | None = None,
     hop: int | None = None,
     power: float = oracle_mod.DEFAULT_POWER,
-    oracle_mask: str = "irm",
+    oracle_mask: str | None = None,
     window: float = 1.0,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -356,8 +356,9 @@ def evaluate(
         n_fft, hop: the oracle's STFT (default: the model's ``n_fft``/``hop`` attributes or its
             card's ``config``, else 4096/1024).
         power: the oracle mask exponent (1: magnitude ratio, 2: power ratio).
-        oracle_mask: ``"irm"`` (ideal ratio mask with ``power``) or ``"psm"`` (clipped
-            phase-sensitive mask: the ceiling of any real mask in [0, 1]; see :mod:`stemcli.oracle`).
+        oracle_mask: ``"irm"`` (ideal ratio mask with ``power``; ``None``: this) or ``"psm"``
+            (clipped phase-sensitive mask: the best any real mask in [0, 1] does on the
+            spectrogram; see :mod:`stemcli.oracle`).
         window: museval frame window and hop in seconds.
         echo: where the table and notes go (default: print to stdout).
 
@@ -378,10 +379,13 @@ def evaluate(
     run_oracle = oracle or use_oracle_only
     if (n_fft is not None or hop is not None) and not run_oracle:
         raise EvaluationError("n_fft/hop set the oracle's STFT: add --oracle (or -m oracle)")
+    if oracle_mask is not None and not run_oracle:
+        raise EvaluationError("the oracle mask applies to the oracle: add --oracle (or -m oracle)")
+    oracle_mask = oracle_mask or "irm"
     if oracle_mask not in oracle_mod.MASKS:
         raise EvaluationError(f"unknown oracle mask '{oracle_mask}' (choose from {', '.join(oracle_mod.MASKS)})")
-    if oracle_mask != "irm" and not run_oracle:
-        raise EvaluationError("the oracle mask applies to the oracle: add --oracle (or -m oracle)")
+    if oracle_mask == "psm" and power != oracle_mod.DEFAULT_POWER:
+        raise EvaluationError(f"power={power} applies to the ratio mask; the phase-sensitive oracle has none")
     folders = find_tracks(data, split, tracks)
     separator = None
     label: str

@@ -16,9 +16,12 @@ where ``X`` is the STFT of the mixture and ``S_k`` the STFT of stem ``k``.  With
     M_j = clip(Re(S_j conj(X)) / |X|^2, 0, 1),
 
 the real mask in [0, 1] that brings ``M_j * X`` closest to ``S_j`` in each bin (the projection
-of ``S_j`` on ``X``, clipped): no real-valued mask model bounded to [0, 1] can do better bin by
-bin, so it is the ceiling of such a model, higher than IRM2 (a ratio mask ignores that stems
-cancel each other in a bin).  Its masks need not sum to one over the stems.
+of ``S_j`` on ``X``, clipped; ``|M X - S|^2`` is convex in ``M``): no real mask in [0, 1] has a
+smaller spectrogram error, bin by bin.  That makes it an upper reference for a mask model,
+higher than IRM2 (a ratio mask ignores that stems cancel each other in a bin), not a strict
+bound on SDR: the inverse STFT of a masked spectrogram is not the least time-domain error,
+BSS Eval allows a distortion filter and takes medians, and a residual stem's mask (one minus
+the others) can leave [0, 1].  Its masks need not sum to one over the stems.
 
 Numpy/scipy only (no torch), so evaluation never needs a deep learning stack.
 """
@@ -122,10 +125,15 @@ def ideal_ratio_mask(
     ref_spec = _stft(references, n_fft, hop)  # (sources, channels, bins, frames)
     if mask == "psm":
         mix_pow = np.abs(mix_spec) ** 2
-        proj = (ref_spec * np.conj(mix_spec)[None]).real
-        masks = np.where(mix_pow > eps, np.clip(proj / np.maximum(mix_pow, eps), 0.0, 1.0), 0.0)
+        proj = ref_spec.real * mix_spec.real[None] + ref_spec.imag * mix_spec.imag[None]  # Re(S_j conj(X))
+        del ref_spec  # the stems' spectra are the largest array: not kept through the inverse
+        proj /= np.maximum(mix_pow, eps)
+        np.clip(proj, 0.0, 1.0, out=proj)
+        masks = np.where(mix_pow > eps, proj, 0.0)
+        del proj
     else:
         ref_mag = np.abs(ref_spec) ** power
+        del ref_spec
         total = ref_mag.sum(axis=0, keepdims=True)
         n_src = references.shape[0]
         masks = np.where(total > eps, ref_mag / np.maximum(total, eps), 1.0 / n_src)

@@ -190,11 +190,17 @@ class OnnxSeparator(Separator):
             n_masks = n_src - 1 if frontend["residual"] else n_src
             out_name = session.get_outputs()[0].name
             local = threading.local()
+            bound = [True]  # cleared for good when the graph's output is not the shape expected
+            ort_errors = (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
+                          ort.capi.onnxruntime_pybind11_state.InvalidArgument)
 
             def masks(mag: np.ndarray) -> np.ndarray:
                 """The graph's masks, written into this thread's buffer (reused while the part
-                length stays the same: no fresh 38 MB array per 16 s part); the buffer is
-                consumed by ``separate_with_masks`` before the thread's next call."""
+                length stays the same, e.g. the parts of a song's equal chunks: no fresh 38 MB
+                array each time); the buffer is consumed by ``separate_with_masks`` before the
+                thread's next call."""
+                if not bound[0]:
+                    return session.run(None, {in_name: mag})[0]
                 shape = (mag.shape[0], n_masks, *mag.shape[1:])
                 buf = getattr(local, "buf", None)
                 if buf is None or buf.shape != shape:
@@ -204,7 +210,8 @@ class OnnxSeparator(Separator):
                 binding.bind_output(out_name, "cpu", 0, np.float32, list(shape), buf.ctypes.data)
                 try:
                     session.run_with_iobinding(binding)
-                except Exception:  # not the shape expected: run unbound, the caller names the shape
+                except ort_errors:  # another output shape: run unbound from now on (the caller names it)
+                    bound[0] = False
                     return session.run(None, {in_name: mag})[0]
                 return buf
 

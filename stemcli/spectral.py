@@ -116,20 +116,28 @@ def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
     out[..., nf:, :] = 0.0
     for j in range(1, ratio):
         out[..., j : j + nf, :] += parts[..., j, :]
-    out /= _envelope(n_fft, hop, nf)
+    out /= _cached_envelope(n_fft, hop, nf) if nf <= CACHED_FRAMES else _envelope(n_fft, hop, nf)
     return out.reshape(*lead, -1)[..., half : half + length]
 
 
-@lru_cache(maxsize=16)
+CACHED_FRAMES = 2048  # envelopes up to this many frames are kept (8 MB each at hop 1024; a part has ~800)
+
+
 def _envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
     """The window-square overlap-add envelope of ``frames`` frames, floored at 1e-8:
-    [shape=(frames + n_fft / hop - 1, hop)] float32, read-only (cached: a song's parts share it)."""
+    [shape=(frames + n_fft / hop - 1, hop)] float32."""
     ratio = n_fft // hop
     env = np.zeros((frames + ratio - 1, hop))
     wsq = (hann(n_fft) ** 2).reshape(ratio, hop)
     for j in range(ratio):
         env[j : j + frames] += wsq[j]
-    out = np.maximum(env, 1e-8).astype(np.float32)
+    return np.maximum(env, 1e-8).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _cached_envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
+    """:func:`_envelope`, kept for the next call of the same size (a song's parts share it); read-only."""
+    out = _envelope(n_fft, hop, frames)
     out.flags.writeable = False
     return out
 

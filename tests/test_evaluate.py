@@ -373,3 +373,22 @@ def test_cli_evaluate_phase_sensitive_oracle(two: Path, tmp_path: Path) -> None:
     alone = CliRunner().invoke(cli, ["evaluate", "--data", str(two), "--estimates", str(two / "test"),
                                      "--oracle-mask", "psm"])
     assert alone.exit_code != 0 and "the oracle mask applies to the oracle: add --oracle" in alone.output
+    explicit = CliRunner().invoke(cli, ["evaluate", "--data", str(two), "--estimates", str(two / "test"),
+                                        "--oracle-mask", "irm"])
+    assert explicit.exit_code != 0 and "add --oracle" in explicit.output
+    with pytest.raises(EvaluationError, match="power=1.0 applies to the ratio mask"):
+        evaluate("oracle", two, progress=False, oracle_mask="psm", power=1.0, echo=lambda _: None)
+
+
+def test_phase_sensitive_oracle_separator() -> None:
+    """``OracleSeparator(mask="psm")`` through the engine: the cancelling pair of
+    :func:`test_phase_sensitive_oracle_on_sources_that_cancel` comes out as (mixture, silence)."""
+    from stemcli import api
+
+    a = np.random.default_rng(14).standard_normal((2, SR)).astype(np.float32)
+    refs = np.stack([a, -0.5 * a])
+    out = api.separate(refs.sum(0), SR, model=OracleSeparator(refs, ["vocals", "accompaniment"], SR, mask="psm"))
+    np.testing.assert_allclose(out["vocals"], 0.5 * a, atol=1e-4)
+    np.testing.assert_allclose(out["accompaniment"], 0.0, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown oracle mask 'ibm'"):
+        OracleSeparator(refs, ["vocals", "accompaniment"], SR, mask="ibm")

@@ -189,10 +189,11 @@ def test_time_parts_do_not_depend_on_threads(tmp_path, lstm: int) -> None:
         assert np.max(np.abs(whole - a)) < 1e-5
 
 
-def test_mask_buffer_reuse_keeps_results_apart() -> None:
-    """The shipped model's masks are written into a per-thread buffer reused across calls: a
-    result already returned must not change when the next input (another length) is separated,
-    the same input gives the same stems again, and they equal an unbound ``session.run``."""
+def test_mask_buffer_reuse_keeps_results_apart(monkeypatch) -> None:
+    """The shipped model's masks are written into a per-thread buffer reused across calls of the
+    same length: the same input twice in a row (the buffer reused), then another length (a new
+    buffer), then the first again give the stems of an unbound ``session.run``, bit for bit, and
+    the bound path is the one taken (the plain ``run`` is never called)."""
     from stemcli.runtime import OnnxSeparator
     from stemcli.spectral import separate_with_masks
 
@@ -200,29 +201,40 @@ def test_mask_buffer_reuse_keeps_results_apart() -> None:
     rng = np.random.default_rng(12)
     xa = (0.1 * rng.standard_normal((1, 2, 3 * 44100))).astype(np.float32)
     xb = (0.1 * rng.standard_normal((1, 2, 2 * 44100 + 777))).astype(np.float32)
-    a = sep.separate(xa)
-    kept = a.copy()
-    b = sep.separate(xb)
-    assert b.shape == (1, 4, 2, xb.shape[-1])
-    np.testing.assert_array_equal(a, kept)
-    np.testing.assert_array_equal(sep.separate(xa), kept)
     name = sep.session.get_inputs()[0].name
-    plain = separate_with_masks(sep.frontend, lambda mag: sep.session.run(None, {name: mag})[0], xa, 4)
-    np.testing.assert_array_equal(plain, kept)
+    want_a = separate_with_masks(sep.frontend, lambda mag: sep.session.run(None, {name: mag})[0], xa, 4)
+    want_b = separate_with_masks(sep.frontend, lambda mag: sep.session.run(None, {name: mag})[0], xb, 4)
+
+    def unbound(*args, **kwargs):
+        raise AssertionError("the mask graph ran unbound")
+
+    monkeypatch.setattr(sep.session, "run", unbound)
+    bound_runs = []
+    real = sep.session.run_with_iobinding
+    monkeypatch.setattr(sep.session, "run_with_iobinding", lambda b: (bound_runs.append(1), real(b))[1])
+    for x, want in ((xa, want_a), (xa, want_a), (xb, want_b), (xa, want_a)):
+        np.testing.assert_array_equal(sep.separate(x), want)
+    assert len(bound_runs) == 4
 
 
 def test_mask_binding_failure_falls_back_to_a_plain_run(monkeypatch) -> None:
+    """A graph whose output cannot be bound (onnxruntime raises) runs unbound, with the same
+    stems, and binding is not tried again (it would run the graph twice per part)."""
     from stemcli.runtime import OnnxSeparator
 
     sep = OnnxSeparator("mmdense", threads=1)
     x = (0.1 * np.random.default_rng(13).standard_normal((1, 2, 44100))).astype(np.float32)
     want = sep.separate(x)
+    tries = []
 
     def refuse(binding):
+        tries.append(1)
         raise RuntimeError("bound output shape differs")
 
     monkeypatch.setattr(sep.session, "run_with_iobinding", refuse)
     np.testing.assert_array_equal(sep.separate(x), want)
+    np.testing.assert_array_equal(sep.separate(x), want)
+    assert len(tries) == 1
 
 
 def test_threads_follow_stemcli_threads(monkeypatch) -> None:
