@@ -52,5 +52,5 @@ $PY -m stemcli export "$UMX_RUN" -o "$UMX_RUN/umx.onnx" --check-audio "$CHECK" -
 
 # 4. Measure and record in the card: speed (30 s stereo, 2 threads) and quality on the test split.
 $PY benchmarks/speed.py --model mmdense --json benchmarks/results/speed.json --update-card models/mmdense.json
-$PY benchmarks/quality.py --data "$DATA" --model mmdense --baseline "$UMX_RUN/umx.json" --tracks 8 \
+$PY benchmarks/quality.py --data "$DATA" --model mmdense --baseline "$UMX_RUN/umx.json" \
     --json benchmarks/results/quality.json --plot benchmarks/results/quality.png --update-card models/mmdense.json
