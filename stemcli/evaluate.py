@@ -382,8 +382,10 @@ def evaluate(
     if oracle_mask is not None and not run_oracle:
         raise EvaluationError("the oracle mask applies to the oracle: add --oracle (or -m oracle)")
     oracle_mask = oracle_mask or "irm"
-    if oracle_mask not in oracle_mod.MASKS:
-        raise EvaluationError(f"unknown oracle mask '{oracle_mask}' (choose from {', '.join(oracle_mod.MASKS)})")
+    try:
+        oracle_mod.check_mask(oracle_mask)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
     if oracle_mask == "psm" and power != oracle_mod.DEFAULT_POWER:
         raise EvaluationError(f"power={power} applies to the ratio mask; the phase-sensitive oracle has none")
     folders = find_tracks(data, split, tracks)
@@ -444,9 +446,9 @@ def evaluate(
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(folder.name)
 
-    oracle_settings: dict[str, Any] = {"n_fft": o_fft, "hop": o_hop, "power": power}
-    if oracle_mask != "irm":  # IRM results keep the layout they always had
-        oracle_settings = {"n_fft": o_fft, "hop": o_hop, "mask": oracle_mask}
+    # IRM results keep the layout they always had; psm has a mask name instead of a power
+    kind = {"power": power} if oracle_mask == "irm" else {"mask": oracle_mask}
+    oracle_settings = {"n_fft": o_fft, "hop": o_hop, **kind}
     if use_oracle_only:
         per_track, oracle_track = oracle_track, {}
     result: dict[str, Any] = {

@@ -61,6 +61,12 @@ def _fit(x: np.ndarray, length: int) -> np.ndarray:
     return np.pad(x, pad)
 
 
+def check_mask(mask: str) -> None:
+    """Raise ``ValueError`` unless ``mask`` is one of :data:`MASKS`."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown oracle mask '{mask}' (choose from {', '.join(MASKS)})")
+
+
 def check_stft(n_fft: int, hop: int) -> None:
     """Raise ``ValueError`` unless the oracle's STFT can be inverted: ``n_fft >= 2``,
     ``1 <= hop <= n_fft``, and Hann windows ``hop`` apart overlap everywhere (scipy's NOLA
@@ -116,8 +122,7 @@ def ideal_ratio_mask(
             f"mixture, got {references.shape}"
         )
     check_stft(n_fft, hop)
-    if mask not in MASKS:
-        raise ValueError(f"unknown oracle mask '{mask}' (choose from {', '.join(MASKS)})")
+    check_mask(mask)
     if power <= 0:
         raise ValueError(f"power must be positive, got {power}")
     length = mixture.shape[-1]
@@ -191,8 +196,7 @@ class OracleSeparator(Separator):
         power: float = DEFAULT_POWER,
         mask: str = "irm",
     ) -> None:
-        if mask not in MASKS:
-            raise ValueError(f"unknown oracle mask '{mask}' (choose from {', '.join(MASKS)})")
+        check_mask(mask)
         references = np.asarray(references, dtype=np.float32)
         if references.ndim != 3 or references.shape[0] != len(sources):
             raise ValueError(
@@ -230,4 +234,4 @@ class OracleSeparator(Separator):
         return np.stack(out).astype(np.float32)
 
 
-__all__ = ["ideal_ratio_mask", "oracle_separate", "OracleSeparator", "DEFAULT_N_FFT", "DEFAULT_HOP", "MASKS"]
+__all__ = ["ideal_ratio_mask", "oracle_separate", "OracleSeparator", "DEFAULT_N_FFT", "DEFAULT_HOP", "MASKS", "check_mask"]

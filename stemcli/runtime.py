@@ -184,10 +184,10 @@ class OnnxSeparator(Separator):
             def run(mix: np.ndarray) -> np.ndarray:
                 return session.run(None, {in_name: mix})[0]
         else:
-            from stemcli.spectral import separate_with_masks
+            from stemcli.spectral import mask_count, separate_with_masks
 
             n_src = len(self.sources)
-            n_masks = n_src - 1 if frontend["residual"] else n_src
+            n_masks = mask_count(frontend, n_src)
             out_name = session.get_outputs()[0].name
             local = threading.local()
             bound = [True]  # cleared for good when the graph's output is not the shape expected

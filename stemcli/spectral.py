@@ -142,6 +142,12 @@ def _cached_envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
     return out
 
 
+def mask_count(frontend: dict[str, Any], n_sources: int) -> int:
+    """Masks the graph of a checked ``frontend`` returns: ``n_sources - 1`` with a residual
+    source, else ``n_sources``."""
+    return n_sources - 1 if frontend["residual"] else n_sources
+
+
 def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], np.ndarray], mix: np.ndarray,
                         n_sources: int) -> np.ndarray:
     """Run a mask model through the STFT front end.
@@ -163,7 +169,7 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
     if frontend.get("input", "mag") == "log1p":
         np.log1p(mag, out=mag)
     m = np.asarray(masks(np.ascontiguousarray(mag)), np.float32)
-    want = n_sources - 1 if frontend["residual"] else n_sources
+    want = mask_count(frontend, n_sources)
     if m.shape != (mix.shape[0], want, *mag.shape[1:]):
         raise ValueError(f"mask model returned shape {m.shape}, expected {(mix.shape[0], want, *mag.shape[1:])}")
     # one source at a time, each masked spectrum written straight into a zero-padded full-band
