@@ -272,6 +272,18 @@ class FileSource:
         self.close()
 
 
+def make_dirs(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True, exist_ok=True)``, returning the folders it created
+    (outermost first), so that a failed write can remove them again."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
 def temp_path_for(final: Path) -> Path:
     """A hidden temporary name next to ``final`` (same filesystem, so the rename is atomic)."""
     return final.with_name(f".{final.name}.partial-{os.getpid()}{final.suffix}")
@@ -322,9 +334,10 @@ class StemWriter:
         self._resamplers: dict[str, Resampler] = {}
         self.fmt = fmt
         self.preallocated = False
+        self._made_dirs: list[Path] = []  # folders this writer created, removed again by abort()
         try:
             for stem, final in self.outputs.items():
-                final.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs += make_dirs(final.parent)
                 tmp = temp_path_for(final)
                 self._temps[stem] = tmp
                 self._files[stem] = sf.SoundFile(
@@ -395,7 +408,8 @@ class StemWriter:
         return dict(self.outputs)
 
     def abort(self) -> None:
-        """Close and delete every temporary file; final names are untouched."""
+        """Close and delete every temporary file, and the folders this writer created if they are
+        empty again; final names are untouched."""
         for f in self._files.values():
             try:
                 f.close()
@@ -407,6 +421,12 @@ class StemWriter:
             except FileNotFoundError:
                 pass
         self._temps.clear()
+        for folder in reversed(self._made_dirs):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another writer's files), or gone
+                pass
+        self._made_dirs.clear()
 
 
 class RangeWriter:

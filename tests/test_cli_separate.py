@@ -158,8 +158,23 @@ def test_bad_file_fails_alone(tmp_path: Path, kind: str) -> None:
     assert str(bad) in errs[0] and cause in errs[0]
     assert "Traceback" not in r.output
     assert (out / "good" / "harmonic.wav").exists()  # the rest of the batch is done
-    assert not (out / bad.stem).exists() or not any((out / bad.stem).iterdir())
+    assert not (out / bad.stem).exists()  # no folder left behind for the failed track
     assert not list(out.rglob(".*partial*"))
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_failed_track_removes_only_the_folders_it_made(tmp_path: Path, existed: bool) -> None:
+    """A file that fails mid-read (NaN found after the writer opened its temporary files) leaves
+    neither stems nor the folders made for them; a folder that was there before stays."""
+    bad = _nan(tmp_path / "bad.wav")
+    out = tmp_path / "deep" / "sep"
+    if existed:
+        out.mkdir(parents=True)
+    r = run("separate", str(bad), "-m", "hpss", "-o", str(out))
+    assert r.exit_code == 1 and "NaN or Inf" in r.output
+    assert out.exists() == existed
+    assert (tmp_path / "deep").exists() == existed
+    assert not (out / "bad").exists()
 
 
 def test_same_track_name_twice_is_not_silently_overwritten(tmp_path: Path) -> None:
