@@ -176,8 +176,11 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
               help="JSON file of architecture overrides, e.g. {\"low\": {\"lstm\": 64}} (nested keys merge).")
 @click.option("--loss-weight", "loss_weight", multiple=True, metavar="SOURCE=W",
               help="Weight of one source in the L1 loss, e.g. drums=2 (repeatable; others weigh 1).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Forward pass precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16/AMX "
+                   "(weights, validation and export stay float32).  [default: float32, or the run's on --resume]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
-          loss_weight) -> None:
+          loss_weight, precision) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
     from stemcli.train.loop import parse_loss_weights, read_config_overrides
     from stemcli.train.loop import train as train_run
@@ -189,7 +192,7 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
         weights = parse_loss_weights(loss_weight) if loss_weight else None
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
                   threads=threads, seed=seed, lr=lr, val_every=val_every, config=overrides,
-                  loss_weights=weights, log=lambda m: click.echo(m, err=True))
+                  loss_weights=weights, precision=precision, log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

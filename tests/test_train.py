@@ -258,3 +258,49 @@ def test_cli_train_loss_weight_errors(tiny_musdb: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, base + ["--config", str(bad_config)])
     assert res.exit_code != 0 and "frame.per_source must be true or false" in res.output
     assert not (tmp_path / "r").exists()  # a config the model refuses makes no run folder either
+
+
+def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Path, tmp_path: Path) -> None:
+    """precision="bfloat16" changes the forward pass (autocast: another first loss than float32's
+    from the same weights and batch), still lowers the loss, keeps the weights float32, is stored
+    in the run's config and kept on resume; a different precision on resume is refused, and a
+    run from before the option counts as float32."""
+    kw = dict(batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
+              log_every=1, config=TINY, log=lambda m: None)
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+    train("mmdense", tiny_musdb, tmp_path / "f32", steps=1, **kw)
+    bf = tmp_path / "bf16"
+    train("mmdense", tiny_musdb, bf, steps=12, precision="bfloat16", **kw)
+    got = losses(bf)
+    assert got[0] != pytest.approx(losses(tmp_path / "f32")[0], rel=1e-5)  # autocast is on
+    assert got[0] == pytest.approx(losses(tmp_path / "f32")[0], rel=0.05)  # ... and close
+    assert np.mean(got[-4:]) < 0.9 * np.mean(got[:4])
+    state = torch.load(bf / "checkpoint.pt", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert json.loads((bf / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
+    train("mmdense", tiny_musdb, bf, steps=14, resume=True, **kw)  # keeps bfloat16
+    assert json.loads((bf / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="trained in bfloat16, not float32; resume without --precision"):
+        train("mmdense", tiny_musdb, bf, steps=15, resume=True, precision="float32", **kw)
+    cfg_path = tmp_path / "f32" / "config.json"  # a run from before the option
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["hyperparameters"]["precision"]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="trained in float32, not bfloat16"):
+        train("mmdense", tiny_musdb, tmp_path / "f32", steps=2, resume=True, precision="bfloat16", **kw)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        train("mmdense", tiny_musdb, tmp_path / "x", steps=1, precision="float16", **kw)
+
+
+def test_cli_train_precision_choice(tiny_musdb: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"),
+                                   "--steps", "1", "--precision", "bf16"])
+    assert res.exit_code == 2 and "'bf16' is not one of 'float32', 'bfloat16'" in res.output
+    assert not (tmp_path / "r").exists()

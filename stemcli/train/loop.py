@@ -17,6 +17,12 @@ or checkpoint writing).
 
 Loss: L1 between estimated and true stem waveforms, averaged over sources, channels and time
 (``loss_weights``: a weighted mean over sources of the per-source averages).
+
+Precision: ``precision="bfloat16"`` runs the training forward pass under CPU autocast (the
+convolutions, matrix products and LSTMs in bfloat16, the STFTs, normalisations and the loss in
+float32); the weights, the optimizer, validation and the exported model stay float32.  On a CPU
+with AVX512-BF16 or AMX this makes a step about 1.5 times faster (MMDenseNet 2.8 -> 1.8 s, Open-Unmix
+4.2 -> 2.6 s at batch 8 x 3 s on one thread here); elsewhere bfloat16 is emulated and slower.
 The models end in an inverse STFT, so the loss sees what is delivered (phase included, the
 stems summing to the mixture), costs no extra transform in the backward pass, and its scale is
 independent of the spectrogram settings, so two architectures with different STFTs (MMDenseNet
@@ -47,6 +53,7 @@ from stemcli.modelcard import command_line
 from stemcli.train import archs
 
 SILENT = 1e-6  # mean-square below which a validation stem counts as silent
+PRECISIONS = ("float32", "bfloat16")  # of the training forward pass (autocast), see the module doc
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -200,6 +207,14 @@ def parse_loss_weights(items: list[str] | tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+def bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _lr_at(lr: float, progress: float, step: int, warmup: int = 20) -> float:
     """Linear warm-up, constant, then cosine decay to 10% over the last 40% of the budget."""
     scale = min(1.0, (step + 1) / warmup)
@@ -227,6 +242,7 @@ def train(
     log_every: int = 5,
     config: dict[str, Any] | None = None,
     loss_weights: dict[str, float] | None = None,
+    precision: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train architecture ``plugin`` on the MUSDB-layout folder ``data`` into run folder ``out``.
@@ -256,6 +272,9 @@ def train(
             weights 1 is the plain L1).  Stored in the run's config; a resumed run keeps its
             weights, and different ones are an error (equal ones written differently, e.g.
             ``{"bass": 1}`` for none, are not).
+        precision: ``"float32"`` (default) or ``"bfloat16"`` (autocast forward pass, see the
+            module docstring).  Stored in the run's config; a resumed run keeps its precision
+            (runs from before this option: float32), and a different one is an error.
         log: where progress lines go.
 
     Returns:
@@ -272,6 +291,8 @@ def train(
         raise ValueError(f"minutes must be > 0, got {minutes}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise ValueError(f"{data}: dataset folder not found")
@@ -292,6 +313,11 @@ def train(
             raise ValueError(f"{cfg_path}: the run was trained with loss weights {format_weights(stored)}, "
                              f"not {format_weights(loss_weights)}; resume without --loss-weight or use a new --out")
         loss_weights = stored
+        stored_precision = run_cfg["hyperparameters"].get("precision", "float32")
+        if precision is not None and precision != stored_precision:
+            raise ValueError(f"{cfg_path}: the run was trained in {stored_precision}, not {precision}; "
+                             "resume without --precision or use a new --out")
+        precision = stored_precision
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
         if config and merge_config(model_cfg, config) != model_cfg:
@@ -308,6 +334,8 @@ def train(
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
+        precision = precision or "float32"
+        hyper["precision"] = precision
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
     sources = list(model_cfg["sources"])
@@ -342,7 +370,10 @@ def train(
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
-        f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}")
+        f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}"
+        + ("" if precision == "float32" else f", {precision} forward"))
+    if precision == "bfloat16" and not bf16_native():
+        log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): it is emulated and slower than float32")
 
     stop_signal = []
 
@@ -391,8 +422,9 @@ def train(
             pairs = [train_set.sample(rng) for _ in range(batch)]
             mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
             ref = torch.from_numpy(np.stack([s for _, s in pairs]))
-            est = model(mix)
-            loss = weighted_l1(est, ref, weights)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                est = model(mix)
+            loss = weighted_l1(est.float(), ref, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -445,13 +477,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", type=Path, help="JSON file of architecture config overrides")
     p.add_argument("--loss-weight", action="append", default=[], metavar="SOURCE=W",
                    help="weight of one source in the L1 loss (repeatable)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
     a = p.parse_args(argv)
     try:
         overrides = read_config_overrides(a.config) if a.config else None
         weights = parse_loss_weights(a.loss_weight) if a.loss_weight else None
         train(a.plugin, a.data, a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, resume=a.resume,
               seconds=a.seconds, lr=a.lr, threads=a.threads, seed=a.seed, val_every=a.val_every,
-              save_every=a.save_every, config=overrides, loss_weights=weights, log=lambda s: print(s, flush=True))
+              save_every=a.save_every, config=overrides, loss_weights=weights, precision=a.precision, log=lambda s: print(s, flush=True))
     except ValueError as exc:
         sys.exit(f"error: {exc}")
 
