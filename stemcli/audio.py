@@ -272,16 +272,24 @@ class FileSource:
         self.close()
 
 
-def make_dirs(folder: Path) -> list[Path]:
-    """``folder.mkdir(parents=True, exist_ok=True)``, returning the folders it created
-    (outermost first), so that a failed write can remove them again."""
-    missing = []
+def make_dirs(folder: Path, made: list[Path]) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, appending each folder this call creates
+    to ``made`` (outermost first) as it goes, so that a failed write can remove them again,
+    also when a deeper ``mkdir`` fails.  A folder another process creates meanwhile is not
+    recorded."""
+    missing: list[Path] = []
     p = folder
     while not p.exists() and p != p.parent:
         missing.append(p)
         p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing[::-1]
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                raise
+            continue
+        made.append(p)
 
 
 def temp_path_for(final: Path) -> Path:
@@ -337,18 +345,35 @@ class StemWriter:
         self._made_dirs: list[Path] = []  # folders this writer created, removed again by abort()
         try:
             for stem, final in self.outputs.items():
-                self._made_dirs += make_dirs(final.parent)
                 tmp = temp_path_for(final)
+                self._files[stem] = self._open(tmp, rate_out, channels_out, SUBTYPES[(fmt, bit_depth)], FORMATS[fmt])
                 self._temps[stem] = tmp
-                self._files[stem] = sf.SoundFile(
-                    str(tmp), "w", rate_out, channels_out, subtype=SUBTYPES[(fmt, bit_depth)], format=FORMATS[fmt]
-                )
                 no_peak_chunk(self._files[stem])
                 if rate_in != rate_out:
                     self._resamplers[stem] = Resampler(rate_in, rate_out, channels_out)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
             self.abort()
-            raise AudioError(f"{exc.filename or final}: cannot write ({exc.strerror or exc})") from None
+            if isinstance(exc, OSError):
+                raise AudioError(f"{exc.filename or final}: cannot write ({exc.strerror or exc})") from None
+            raise AudioError(f"{tmp}: cannot write ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+    def _open(self, tmp: Path, rate: int, channels: int, subtype: str, fmt: str) -> sf.SoundFile:
+        """Open ``tmp`` for writing, making its folder first.  If the open fails because the
+        folder is gone (another writer's :meth:`abort` removed it after it was found, empty,
+        and before this file was in it), the folder is made again and the open retried once.
+        A failed open leaves no file behind."""
+        for attempt in (0, 1):
+            make_dirs(tmp.parent, self._made_dirs)
+            try:
+                return sf.SoundFile(str(tmp), "w", rate, channels, subtype=subtype, format=fmt)
+            except (OSError, RuntimeError):
+                try:  # libsndfile may have created the file before failing (writing its header)
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                if attempt or tmp.parent.is_dir():
+                    raise
+        raise RuntimeError(f"{tmp}: not opened")  # not reached: the second attempt returns or raises
 
     def _put(self, stem: str, block: np.ndarray) -> None:
         room = self.frames_out - self.written[stem]

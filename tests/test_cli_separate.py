@@ -177,6 +177,57 @@ def test_failed_track_removes_only_the_folders_it_made(tmp_path: Path, existed: 
     assert not (out / "bad").exists()
 
 
+def test_a_stem_file_that_cannot_be_opened_fails_its_track_only(tmp_path: Path, monkeypatch) -> None:
+    """libsndfile refusing to create a temporary file (a RuntimeError, not an OSError: a full
+    disk, a name too long) fails that track with one line, leaves no temporary file and no
+    folder made for it, and the batch goes on."""
+    import stemcli.audio as audio
+
+    opened = []
+
+    class Refusing(sf.SoundFile):
+        def __init__(self, file, mode="r", *args, **kwargs):
+            if mode == "w":
+                opened.append(file)
+                if len(opened) == 2:  # the first track's second stem
+                    raise sf.LibsndfileError(2, f"Error opening {file!r}: ")
+            super().__init__(file, mode, *args, **kwargs)
+
+    a = write(tmp_path / "in" / "a.wav", tone(0.5, seed=1))
+    b = write(tmp_path / "in" / "b.wav", tone(0.5, seed=2))
+    monkeypatch.setattr(audio.sf, "SoundFile", Refusing)
+    out = tmp_path / "sep"
+    r = run("separate", str(a), str(b), "-m", "hpss", "-o", str(out))
+    assert r.exit_code == 1
+    (err,) = errors(r)
+    assert "cannot write" in err and str(out / "a") in err and "Traceback" not in r.output
+    assert not (out / "a").exists() and not list(out.rglob(".*partial*"))
+    assert sorted(p.name for p in (out / "b").iterdir()) == ["harmonic.wav", "percussive.wav"]
+
+
+def test_a_folder_removed_by_another_writer_is_made_again(tmp_path: Path, monkeypatch) -> None:
+    """Two writers sharing a folder (a template without {track}/): if one aborts and removes the
+    folder after the other found it and before the other's file is in it, the other makes it
+    again instead of failing its track."""
+    import stemcli.audio as audio
+
+    real = audio.make_dirs
+    calls = []
+
+    def make_then_lose(folder: Path, made: list) -> None:
+        real(folder, made)
+        calls.append(folder)
+        if len(calls) == 1:
+            folder.rmdir()  # the other writer's abort, just now
+
+    monkeypatch.setattr(audio, "make_dirs", make_then_lose)
+    song = write(tmp_path / "a.wav", tone(0.5))
+    out = tmp_path / "sep"
+    r = run("separate", str(song), "-m", "hpss", "-o", str(out), "--template", "{stem}_{track}.{ext}")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["harmonic_a.wav", "percussive_a.wav"]
+
+
 def test_same_track_name_twice_is_not_silently_overwritten(tmp_path: Path) -> None:
     a = write(tmp_path / "x" / "song.wav", tone(0.5, seed=1))
     b = write(tmp_path / "y" / "song.wav", tone(0.5, seed=2))

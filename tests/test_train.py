@@ -263,8 +263,9 @@ def test_cli_train_loss_weight_errors(tiny_musdb: Path, tmp_path: Path) -> None:
 def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Path, tmp_path: Path) -> None:
     """precision="bfloat16" changes the forward pass (autocast: another first loss than float32's
     from the same weights and batch), still lowers the loss, keeps the weights float32, is stored
-    in the run's config and kept on resume; a different precision on resume is refused, and a
-    run from before the option counts as float32."""
+    in the run's config and kept on resume (an interrupted bfloat16 run resumed without the
+    option has the losses of an uninterrupted one); a different precision on resume is refused,
+    a run from before the option counts as float32, an unknown stored one is refused."""
     kw = dict(batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
               log_every=1, config=TINY, log=lambda m: None)
 
@@ -281,10 +282,19 @@ def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Pat
     state = torch.load(bf / "checkpoint.pt", weights_only=True)["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     assert json.loads((bf / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
-    train("mmdense", tiny_musdb, bf, steps=14, resume=True, **kw)  # keeps bfloat16
-    assert json.loads((bf / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
+    cut = tmp_path / "cut"  # the same 12 steps interrupted at step 6, resumed without the option
+
+    def interrupt(line: str) -> None:
+        if line.startswith("step 6 loss"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    train("mmdense", tiny_musdb, cut, steps=12, precision="bfloat16", **{**kw, "log": interrupt})
+    assert len(losses(cut)) == 6
+    train("mmdense", tiny_musdb, cut, steps=12, resume=True, **kw)
+    assert losses(cut) == pytest.approx(got, rel=1e-5)
+    assert json.loads((cut / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
     with pytest.raises(ValueError, match="trained in bfloat16, not float32; resume without --precision"):
-        train("mmdense", tiny_musdb, bf, steps=15, resume=True, precision="float32", **kw)
+        train("mmdense", tiny_musdb, bf, steps=13, resume=True, precision="float32", **kw)
     cfg_path = tmp_path / "f32" / "config.json"  # a run from before the option
     cfg = json.loads(cfg_path.read_text())
     del cfg["hyperparameters"]["precision"]
@@ -293,6 +303,27 @@ def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Pat
         train("mmdense", tiny_musdb, tmp_path / "f32", steps=2, resume=True, precision="bfloat16", **kw)
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         train("mmdense", tiny_musdb, tmp_path / "x", steps=1, precision="float16", **kw)
+    cfg["hyperparameters"]["precision"] = "bf16"  # edited by hand
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        train("mmdense", tiny_musdb, tmp_path / "f32", steps=2, resume=True, **kw)
+
+
+def test_umx_trains_in_bfloat16(tiny_musdb: Path, tmp_path: Path) -> None:
+    """The Open-Unmix architecture (LSTMs, linear layers) under the same autocast: same batches,
+    losses within 2 % of float32's at every step."""
+    from test_umx import TINY as TINY_UMX
+
+    kw = dict(steps=6, batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1,
+              val_seconds=0.5, log_every=1, config=TINY_UMX, log=lambda m: None)
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        train("umx", tiny_musdb, tmp_path / precision, precision=precision, **kw)
+        out[precision] = [r["loss"] for r in map(json.loads, (tmp_path / precision / "log.jsonl").read_text().splitlines())
+                          if "loss" in r]
+    assert out["bfloat16"][0] != pytest.approx(out["float32"][0], rel=1e-6)  # autocast is on
+    # ... and training follows float32's, step for step (0.2 % apart here)
+    assert out["bfloat16"] == pytest.approx(out["float32"], rel=0.02)
 
 
 def test_cli_train_precision_choice(tiny_musdb: Path, tmp_path: Path) -> None:

@@ -487,7 +487,7 @@ class MMDenseNet(nn.Module):
         # slow on onnxruntime); the softmax is written out (Softmax on a non-last axis transposes)
         lg = logits.reshape(-1, self.max_bin).t().reshape(k2, p, b, self.n_src, c, nf)
         e = torch.exp(lg.clamp(-30.0, 30.0))
-        m = (e[:, :, :, :s1] / e.sum(dim=3, keepdim=True)).transpose(0, 1)  # [P, K1, B, S-1, C, F]
+        m = (e[:, :, :, :s1] / _source_sum(e, 3)).transpose(0, 1)  # [P, K1, B, S-1, C, F]
         spec = z.permute(5, 0, 1, 2, 3, 4)  # [P, 2, K2, B, C, F]
         # bins above max_bin go to the last source (the residual): they are never computed
         masked = spec.unsqueeze(4) * m.unsqueeze(1)  # [P, 2, K1, B, S-1, C, F]
@@ -523,10 +523,15 @@ def _softmax_masks(logits: torch.Tensor) -> torch.Tensor:
     graph's ~215 ms on a 17 s part (one thread), the adds about 2.
     """
     e = torch.exp(logits.clamp(-30.0, 30.0))
-    den = e[:, :1]
-    for i in range(1, e.shape[1]):
-        den = den + e[:, i : i + 1]
-    return e[:, :-1] / den
+    return e[:, :-1] / _source_sum(e, 1)
+
+
+def _source_sum(e: torch.Tensor, dim: int) -> torch.Tensor:
+    """``e.sum(dim, keepdim=True)`` as a chain of ``Add``s (see :func:`_softmax_masks`)."""
+    total = e.narrow(dim, 0, 1)
+    for i in range(1, e.shape[dim]):
+        total = total + e.narrow(dim, i, 1)
+    return total
 
 
 def build(config: dict[str, Any]) -> MMDenseNet:
