@@ -165,20 +165,22 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, config, log).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--minutes", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Stop after this wall-clock time.")
-@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Excerpt length.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Excerpts per step.  [default: 8]")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=None, help="Excerpt length.  [default: 3.0]")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate.  [default: 0.001]")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True, help="Validate every N steps.")
-@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint, with its --batch, --seconds, "
+              "--lr, --precision and --seed unless given (a new --batch/--seconds/--lr/--precision applies from "
+              "there on and is recorded in the run's config).")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
               help="JSON file of architecture overrides, e.g. {\"low\": {\"lstm\": 64}} (nested keys merge).")
 @click.option("--loss-weight", "loss_weight", multiple=True, metavar="SOURCE=W",
               help="Weight of one source in the L1 loss, e.g. drums=2 (repeatable; others weigh 1).")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None,
               help="Forward pass precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16/AMX "
-                   "(weights, validation and export stay float32).  [default: float32, or the run's on --resume]")
+                   "(weights, validation and export stay float32).  [default: float32]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
           loss_weight, precision) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""

@@ -264,8 +264,8 @@ def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Pat
     """precision="bfloat16" changes the forward pass (autocast: another first loss than float32's
     from the same weights and batch), still lowers the loss, keeps the weights float32, is stored
     in the run's config and kept on resume (an interrupted bfloat16 run resumed without the
-    option has the losses of an uninterrupted one); a different precision on resume is refused,
-    a run from before the option counts as float32, an unknown stored one is refused."""
+    option has the losses of an uninterrupted one); a different precision on resume applies and
+    is recorded, a run from before the option counts as float32, an unknown stored one is refused."""
     kw = dict(batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
               log_every=1, config=TINY, log=lambda m: None)
 
@@ -293,14 +293,17 @@ def test_bfloat16_forward_trains_and_the_run_keeps_its_precision(tiny_musdb: Pat
     train("mmdense", tiny_musdb, cut, steps=12, resume=True, **kw)
     assert losses(cut) == pytest.approx(got, rel=1e-5)
     assert json.loads((cut / "config.json").read_text())["hyperparameters"]["precision"] == "bfloat16"
-    with pytest.raises(ValueError, match="trained in bfloat16, not float32; resume without --precision"):
-        train("mmdense", tiny_musdb, bf, steps=13, resume=True, precision="float32", **kw)
+    train("mmdense", tiny_musdb, bf, steps=13, resume=True, precision="float32", **kw)  # back to float32
+    cfg = json.loads((bf / "config.json").read_text())
+    assert cfg["hyperparameters"]["precision"] == "float32"
+    assert cfg["changes"] == [{"step": 12, "precision": ["bfloat16", "float32"]}]
     cfg_path = tmp_path / "f32" / "config.json"  # a run from before the option
     cfg = json.loads(cfg_path.read_text())
     del cfg["hyperparameters"]["precision"]
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="trained in float32, not bfloat16"):
-        train("mmdense", tiny_musdb, tmp_path / "f32", steps=2, resume=True, precision="bfloat16", **kw)
+    train("mmdense", tiny_musdb, tmp_path / "f32", steps=2, resume=True, **kw)
+    assert json.loads(cfg_path.read_text())["hyperparameters"]["precision"] == "float32"
+    cfg = json.loads(cfg_path.read_text())
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         train("mmdense", tiny_musdb, tmp_path / "x", steps=1, precision="float16", **kw)
     cfg["hyperparameters"]["precision"] = "bf16"  # edited by hand
@@ -335,3 +338,36 @@ def test_cli_train_precision_choice(tiny_musdb: Path, tmp_path: Path) -> None:
                                    "--steps", "1", "--precision", "bf16"])
     assert res.exit_code == 2 and "'bf16' is not one of 'float32', 'bfloat16'" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_keeps_the_runs_settings_and_records_new_ones(tiny_musdb: Path, tmp_path: Path) -> None:
+    """A resume without --batch/--seconds/--lr trains with the run's own (not the defaults): an
+    interrupted run resumed bare has the losses of an uninterrupted one.  Given anew they apply
+    from the resumed step, are logged and recorded; another seed is refused."""
+    kw = dict(threads=1, val_every=100, val_excerpts=1, val_seconds=0.5, log_every=1, config=TINY)
+    run = dict(batch=3, seconds=0.4, lr=2e-3, seed=5)
+
+    def losses(out: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+    train("mmdense", tiny_musdb, tmp_path / "full", steps=6, log=lambda m: None, **run, **kw)
+
+    def interrupt(line: str) -> None:
+        if line.startswith("step 3 loss"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    train("mmdense", tiny_musdb, cut, steps=6, log=interrupt, **run, **kw)
+    train("mmdense", tiny_musdb, cut, steps=6, resume=True, log=lambda m: None, **kw)  # nothing repeated
+    assert losses(cut) == pytest.approx(losses(tmp_path / "full"), rel=1e-5)
+    hyper = json.loads((cut / "config.json").read_text())["hyperparameters"]
+    assert {k: hyper[k] for k in run} == run
+    lines: list[str] = []
+    train("mmdense", tiny_musdb, cut, steps=8, resume=True, batch=2, lr=1e-3, seconds=0.4, log=lines.append, **kw)
+    cfg = json.loads((cut / "config.json").read_text())
+    assert cfg["changes"] == [{"step": 6, "batch": [3, 2], "lr": [2e-3, 1e-3]}]  # seconds unchanged: not recorded
+    assert cfg["hyperparameters"]["batch"] == 2 and cfg["hyperparameters"]["lr"] == 1e-3
+    assert "from step 6: batch 3 -> 2, lr 0.002 -> 0.001" in lines
+    assert any("batch 2 x 0.4 s" in line for line in lines)
+    with pytest.raises(ValueError, match="trained with seed 5, not 0"):
+        train("mmdense", tiny_musdb, cut, steps=9, resume=True, seed=0, log=lambda m: None, **kw)

@@ -56,6 +56,9 @@ from stemcli.train import archs
 
 SILENT = 1e-6  # mean-square below which a validation stem counts as silent
 PRECISIONS = ("float32", "bfloat16")  # of the training forward pass (autocast), see the module doc
+# settings a resumed run keeps unless given again; a different value given on resume applies
+# from the resumed step on and is recorded in the run's config ("changes")
+RESUMABLE = {"batch": 8, "seconds": 3.0, "lr": 1e-3, "precision": "float32"}
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -232,12 +235,12 @@ def train(
     out: str | Path,
     steps: int | None = None,
     minutes: float | None = None,
-    batch: int = 8,
+    batch: int | None = None,
     resume: bool = False,
-    seconds: float = 3.0,
-    lr: float = 1e-3,
+    seconds: float | None = None,
+    lr: float | None = None,
     threads: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     val_every: int = 100,
     val_excerpts: int = 12,
     val_seconds: float = 6.0,
@@ -257,12 +260,18 @@ def train(
         steps: stop after this many optimizer steps (total, counting resumed ones).
         minutes: stop after this much training wall-clock time (total over sessions, validation
             and checkpoint writing excluded).
-        batch: excerpts per step.
+        batch: excerpts per step (default 8).
         resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint is an error.
-        seconds: excerpt length (s).
-        lr: Adam learning rate (warm-up, then cosine decay over the last 40% of the budget).
+            ``batch``, ``seconds``, ``lr`` and ``precision`` left at None keep the run's; a
+            different value applies from the resumed step on and is logged and recorded in the
+            run's config (``"changes"``: step, old and new value), e.g. to fine-tune.
+        seconds: excerpt length (s, default 3).
+        lr: Adam learning rate (default 1e-3; warm-up, then cosine decay over the last 40% of the
+            budget).
         threads: torch intra-op threads (default: torch's choice).
-        seed: seeds the model init, the data sampling and the validation excerpts.
+        seed: seeds the model init, the data sampling and the validation excerpts (default 0;
+            a resumed run keeps its seed, and a different one is an error: the validation
+            excerpts would change).
         val_every: steps between validations (also at the end).
         val_excerpts, val_seconds: validation set size.
         save_every: steps between checkpoints (also at the end).
@@ -276,8 +285,8 @@ def train(
             weights, and different ones are an error (equal ones written differently, e.g.
             ``{"bass": 1}`` for none, are not).
         precision: ``"float32"`` (default) or ``"bfloat16"`` (autocast forward pass, see the
-            module docstring).  Stored in the run's config; a resumed run keeps its precision
-            (runs from before this option: float32), and a different one is an error.
+            module docstring).  Stored in the run's config (runs from before this option:
+            float32); on resume like ``batch``.
         log: where progress lines go.
 
     Returns:
@@ -292,8 +301,12 @@ def train(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if minutes is not None and minutes <= 0:
         raise ValueError(f"minutes must be > 0, got {minutes}")
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if lr is not None and not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     data, out = Path(data), Path(out)
@@ -305,9 +318,8 @@ def train(
     if ckpt_path.exists() and not resume:
         raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue, or use a new --out")
 
-    hyper = {"plugin": plugin, "batch": batch, "seconds": seconds, "lr": lr, "seed": seed,
-             "steps": steps, "minutes": minutes, "threads": threads, "loss": "L1 waveform",
-             "optimizer": "Adam", "augment": True, "remix_prob": 0.5}
+    given = {"batch": batch, "seconds": seconds, "lr": lr, "precision": precision}
+    changed: dict[str, list[Any]] = {}  # setting -> [old, new], on resume
     if cfg_path.exists() and resume:
         run_cfg = json.loads(cfg_path.read_text())
         model_cfg = run_cfg["model"]
@@ -316,14 +328,18 @@ def train(
             raise ValueError(f"{cfg_path}: the run was trained with loss weights {format_weights(stored)}, "
                              f"not {format_weights(loss_weights)}; resume without --loss-weight or use a new --out")
         loss_weights = stored
-        stored_precision = run_cfg["hyperparameters"].get("precision", "float32")
-        if stored_precision not in PRECISIONS:
-            raise ValueError(f"{cfg_path}: unknown precision {stored_precision!r} "
+        hyper = run_cfg["hyperparameters"]
+        current = {k: hyper.get(k, v) for k, v in RESUMABLE.items()}  # precision: float32 before the option
+        if current["precision"] not in PRECISIONS:
+            raise ValueError(f"{cfg_path}: unknown precision {current['precision']!r} "
                              f"(expected one of {', '.join(PRECISIONS)})")
-        if precision is not None and precision != stored_precision:
-            raise ValueError(f"{cfg_path}: the run was trained in {stored_precision}, not {precision}; "
-                             "resume without --precision or use a new --out")
-        precision = stored_precision
+        if seed is not None and seed != hyper.get("seed", 0):
+            raise ValueError(f"{cfg_path}: the run was trained with seed {hyper.get('seed', 0)}, not {seed} "
+                             "(its validation excerpts depend on it); resume without --seed or use a new --out")
+        seed = int(hyper.get("seed", 0))
+        changed = {k: [current[k], v] for k, v in given.items() if v is not None and v != current[k]}
+        settings = {**current, **{k: new for k, (_, new) in changed.items()}}
+        hyper.update(settings)
         if model_cfg.get("architecture") != archs.default_config(plugin)["architecture"]:
             raise ValueError(f"{cfg_path}: run was trained as '{model_cfg.get('architecture')}', not '{plugin}'")
         if config and merge_config(model_cfg, config) != model_cfg:
@@ -337,13 +353,17 @@ def train(
             run_cfg["data"] = card
     else:
         model_cfg = merge_config(archs.default_config(plugin), config or {})
+        settings = {k: RESUMABLE[k] if v is None else v for k, v in given.items()}
+        seed = 0 if seed is None else seed
+        hyper = {"plugin": plugin, "batch": settings["batch"], "seconds": settings["seconds"], "lr": settings["lr"],
+                 "seed": seed, "steps": steps, "minutes": minutes, "threads": threads, "loss": "L1 waveform",
+                 "optimizer": "Adam", "augment": True, "remix_prob": 0.5, "precision": settings["precision"]}
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
-        precision = precision or "float32"
-        hyper["precision"] = precision
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
+    batch, seconds, lr, precision = (settings[k] for k in ("batch", "seconds", "lr", "precision"))
     sources = list(model_cfg["sources"])
     weights = source_weights(sources, loss_weights)
     rate = int(model_cfg["sample_rate"])
@@ -373,6 +393,10 @@ def train(
             # scores on another validation set are not comparable: the best so far starts again
             best = -math.inf
             log(f"validation data is now {data}: best validation SDR starts again")
+    if changed:  # settings given anew on resume: applied from this step on, and recorded
+        run_cfg.setdefault("changes", []).append({"step": step, **changed})
+        _write_json(run_cfg, cfg_path)
+        log(f"from step {step}: " + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
@@ -472,12 +496,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--lr", type=float)
     p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--config", type=Path, help="JSON file of architecture config overrides")
