@@ -355,7 +355,7 @@ class StemWriter:
             self.abort()
             if isinstance(exc, OSError):
                 raise AudioError(f"{exc.filename or final}: cannot write ({exc.strerror or exc})") from None
-            raise AudioError(f"{tmp}: cannot write ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise AudioError(f"{final}: cannot write ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
     def _open(self, tmp: Path, rate: int, channels: int, subtype: str, fmt: str) -> sf.SoundFile:
         """Open ``tmp`` for writing, making its folder first.  If the open fails because the
