@@ -26,9 +26,10 @@ Precision: ``precision="bfloat16"`` runs the training forward pass under CPU aut
 convolutions, matrix products and LSTMs compute in bfloat16, and the layers after them
 (BatchNorm, pooling, the mask softmax) take their bfloat16 outputs as they come; the STFT, its
 inverse and the loss are float32, as are the weights, gradients, optimizer state, validation
-and the exported model.  On a CPU with AVX512-BF16 or AMX a step takes about 0.6 times as long
-(MMDenseNet 2.8 -> 1.8 s, Open-Unmix 4.2 -> 2.6 s at batch 8 x 3 s on one thread here);
-elsewhere bfloat16 is emulated and slower.
+and the exported model.  On a CPU with AVX512-BF16 or AMX the forward and backward pass take
+about 0.6 times as long (MMDenseNet 2.8 -> 1.8 s, Open-Unmix 4.2 -> 2.6 s at batch 8 x 3 s on one
+thread here; whole steps with data loading about 0.8 times); elsewhere bfloat16 is emulated and
+slower.
 
 Validation: plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per stem on fixed, unaugmented
 excerpts of the ``valid`` split (``test`` if there is no ``valid``), median over excerpts;
