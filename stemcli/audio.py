@@ -37,6 +37,11 @@ class AudioError(Exception):
     """A problem with one audio file; the message names the file and the cause."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (libsndfile's are one line), else its type name."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     path: Path
@@ -87,8 +92,7 @@ def probe(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(p))
     except Exception as exc:  # libsndfile says why in one line
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{p}: not a readable audio file ({msg})") from None
+        raise AudioError(f"{p}: not a readable audio file ({first_line(exc)})") from None
     _check_wav_truncation(p)
     if info.frames <= 0:
         raise AudioError(f"{p}: contains no audio (0 samples)")
@@ -353,9 +357,8 @@ class StemWriter:
                     self._resamplers[stem] = Resampler(rate_in, rate_out, channels_out)
         except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
             self.abort()
-            if isinstance(exc, OSError):
-                raise AudioError(f"{exc.filename or final}: cannot write ({exc.strerror or exc})") from None
-            raise AudioError(f"{final}: cannot write ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            where = getattr(exc, "filename", None) or final
+            raise AudioError(f"{where}: cannot write ({getattr(exc, 'strerror', None) or first_line(exc)})") from None
 
     def _open(self, tmp: Path, rate: int, channels: int, subtype: str, fmt: str) -> sf.SoundFile:
         """Open ``tmp`` for writing, making its folder first.  If the open fails because the

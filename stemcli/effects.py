@@ -736,7 +736,7 @@ def process_file(
     """
     from pedalboard.io import AudioFile
 
-    from stemcli.audio import AudioError, probe, temp_path_for
+    from stemcli.audio import AudioError, first_line, probe, temp_path_for
 
     src, dst = Path(input_path), Path(output_path)
     info = probe(src)
@@ -752,7 +752,7 @@ def process_file(
             audio = f.read(f.frames)
             rate, channels = int(f.samplerate), int(f.num_channels)
     except Exception as exc:
-        raise AudioError(f"{src}: cannot read ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise AudioError(f"{src}: cannot read ({first_line(exc)})") from None
     if not np.isfinite(audio).all():
         raise AudioError(f"{src}: contains NaN or Inf samples")
     out = np.asarray(effect(audio, rate), dtype=np.float32)

@@ -356,9 +356,8 @@ def train(
         model_cfg = merge_config(archs.default_config(plugin), config or {})
         settings = {k: RESUMABLE[k] if v is None else v for k, v in given.items()}
         seed = 0 if seed is None else seed
-        hyper = {"plugin": plugin, "batch": settings["batch"], "seconds": settings["seconds"], "lr": settings["lr"],
-                 "seed": seed, "steps": steps, "minutes": minutes, "threads": threads, "loss": "L1 waveform",
-                 "optimizer": "Adam", "augment": True, "remix_prob": 0.5, "precision": settings["precision"]}
+        hyper = {"plugin": plugin, **settings, "seed": seed, "steps": steps, "minutes": minutes, "threads": threads,
+                 "loss": "L1 waveform", "optimizer": "Adam", "augment": True, "remix_prob": 0.5}
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
