@@ -22,6 +22,8 @@ TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LST
 TINY_FRAME_PS = {**TINY_FRAME, "frame": {"hidden": 6, "per_source": True}}  # one branch per source
 # a full-resolution bass path on the lowest 16 bins beside a frame branch
 TINY_BASS = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 2]}}
+# per-source frame branches seeing and answering the bins above conv_bin in groups of 4
+TINY_POOL = {**TINY_BASS, "frame": {"hidden": 6, "per_source": True, "pool": 4}}
 
 
 def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
@@ -93,7 +95,11 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_FRAME, "frame": {"hidden": 5}},
      {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}},
      {**TINY_BASS, "bass": {"bins": 6}},  # off the bass net's pooling grid
-     {**TINY_BASS, "bass": {"bins": 48}}],  # above split_bin
+     {**TINY_BASS, "bass": {"bins": 48}},  # above split_bin
+     {**TINY_FRAME, "frame": {"hidden": 6, "pool": 0}},
+     {**TINY_FRAME, "frame": {"hidden": 6, "pool": "4"}},
+     {**TINY_FRAME, "frame": {"hidden": 6, "pool": 3}},  # 64 bins above conv_bin: not a multiple
+     {**TINY_FRAME, "conv_bin": 128, "frame": {"hidden": 6, "pool": 2}}],  # no bins above conv_bin
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -110,8 +116,9 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
+                              "frame-pool"])
 def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
@@ -269,8 +276,9 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
+                              "frame-pool"])
 def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
     model = tiny_model(3, tiny)
@@ -282,8 +290,9 @@ def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS],
-                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch"])
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+                         ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
+                              "frame-pool"])
 def test_masks_without_full_band_logits_equal_the_softmax_of_the_logits(tiny: dict) -> None:
     """masks_from_log (training's forward and the exported graph) computes the bins above
     conv_bin once for both channels; it must equal the softmax of the full-band logits."""
@@ -329,6 +338,30 @@ def test_bins_above_conv_bin_come_from_the_frame_branch_alone() -> None:
     with torch.no_grad():
         assert torch.equal(model.masks(mag), model.masks(high_changed))
         assert torch.allclose(model.masks(mag)[..., cb:], torch.full_like(m[..., cb:], 0.25), atol=1e-12)
+
+
+def test_pooled_frame_branch_answers_groups_of_bins() -> None:
+    """With ``frame.pool`` 4 the branch sees the bins above conv_bin as the means of groups of
+    four (a change that keeps each group's mean changes nothing) and gives one mask per group,
+    repeated over its bins; below conv_bin it works at full resolution as before."""
+    model = tiny_model(6, TINY_POOL).double()
+    cb, mb, p = TINY_POOL["conv_bin"], TINY_POOL["max_bin"], 4
+    assert model.frame.branches[0].inp.in_features == 2 * (cb + (mb - cb) // p)
+    assert model.frame.branches[0].out.out_features == cb + (mb - cb) // p
+    logmag = torch.log1p(torch.rand(1, 2, 40, mb, dtype=torch.float64))
+    with torch.no_grad():
+        m = model.masks_from_log(logmag)
+        groups = m[..., cb:].unflatten(4, (-1, p))
+        assert torch.equal(groups, groups[..., :1].expand_as(groups))  # one mask per group
+        assert torch.max(torch.abs(m[..., cb:cb + p] - m[..., cb + p:cb + 2 * p])) > 1e-3  # groups differ
+        # inside each group: +d on one bin, -d on its neighbour (after the per-bin input scaling)
+        d = torch.zeros(mb, dtype=torch.float64)
+        d[cb::p], d[cb + 1::p] = 0.3, -0.3
+        same_mean = logmag + d / model.in_scale.detach()
+        assert torch.allclose(model.masks_from_log(same_mean)[..., cb:], m[..., cb:], atol=1e-12)
+        moved = logmag.clone()
+        moved[..., cb] += 0.3  # the first group's mean changes
+        assert torch.max(torch.abs(model.masks_from_log(moved)[..., cb:] - m[..., cb:])) > 1e-6
 
 
 def test_per_source_config_errors() -> None:
