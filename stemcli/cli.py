@@ -200,7 +200,7 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
 
 
 @cli.command(name="export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", metavar="RUN_DIR|CARD", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="models/NAME.onnx")
 @click.option("--check-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real audio for the onnxruntime-vs-torch parity check.")
@@ -209,7 +209,11 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
                    "onnxruntime still computes in float32).")
 @click.option("--force", is_flag=True, help="Overwrite an existing model.")
 def export_cmd(run_dir, output, check_audio, weights, force) -> None:
-    """Export a training run to ONNX, verify it against torch, and write its model card."""
+    """Export a training run to ONNX, verify it against torch, and write its model card.
+
+    Given a model card (models/NAME.json) instead of a run folder, re-export that model's
+    weights with this version's exporter; its training record and SDR carry over.
+    """
     from stemcli.export import export_run
 
     if output.exists() and not force:

@@ -28,6 +28,14 @@ float32, and ``NAME.pt`` keeps float16 tensors (``load_state_dict`` casts them b
 computation stays float32: onnxruntime folds the casts when the session is created, and the
 parity check compares the rounded torch model with the file it wrote, so the usual tolerance
 holds.  What rounding costs in SDR is measured, not assumed (export/README.md).
+
+``export_run(card, ...)`` with a model card (``models/NAME.json``) in place of a run folder
+re-exports a shipped model with this exporter: the card's ``config``, the weights of its
+``.pt`` (sha256 checked), its training record and its measured SDR carry over (the same
+weights: the parity check holds the new graph to them); its speed, which depends on the graph,
+does not, and ``training.reexport`` names the card, graph hash and date it came from.  (The
+run folder of a shipped model is not in the repository; when the exporter improves, the
+shipped model can still get the better graph.)
 """
 
 from __future__ import annotations
@@ -77,6 +85,34 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     if "val_sdr" in ck:
         info["best_val_sdr_mean"] = float(ck["val_sdr"])
     return run_cfg, model, info
+
+
+def _load_card_source(card_path: Path) -> tuple[dict[str, Any], Any, dict[str, Any], dict[str, Any]]:
+    """A model card as export source: ``(run config, model, weights info, card)``; the run config
+    rebuilt from the card's ``config`` and ``training`` record, the weights its ``.pt``."""
+    import torch
+
+    from stemcli.modelcard import load_card, model_file
+    from stemcli.train import archs
+
+    card = load_card(card_path)
+    if not isinstance(card.get("config"), dict):
+        raise ValueError(f"{card_path}: the card has no architecture config to rebuild the model from")
+    pt = model_file(card, "torch")  # sha256 checked
+    model = archs.build(card["config"])
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)  # float16 files are cast back to the float32 parameters
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ValueError(f"{pt}: cannot load these weights into the card's architecture ({exc})") from exc
+    model.eval()
+    training = card.get("training") or {}
+    run_cfg = {"model": card["config"], "data": training.get("data", {}),
+               "hyperparameters": training.get("hyperparameters", {}), "commands": training.get("commands", [])}
+    if "data_history" in training:
+        run_cfg["data_history"] = training["data_history"]
+    info = {k: training[k] for k in ("weights", "step", "best_val_sdr_mean") if k in training}
+    return run_cfg, model, info, card
 
 
 def _training_summary(run_dir: Path, weights_step: int | None = None) -> dict[str, Any]:
@@ -157,11 +193,15 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
     name = sess.get_inputs()[0].name
     frontend = _frontend(model)
     n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))
+    if frontend is not None:
+        from stemcli.spectral import graph_outputs
+
+        out_names = list(graph_outputs(frontend, n_src))
 
     def run(x: np.ndarray) -> np.ndarray:
         if frontend is None:
             return sess.run(None, {name: x})[0]
-        return separate_with_masks(frontend, lambda mag: sess.run(None, {name: mag})[0], x, n_src)
+        return separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_src)
 
     diffs = {}
     for label, x in inputs.items():
@@ -282,7 +322,8 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         from stemcli.spectral import graph_input
 
         inp = graph_input(frontend)[0]
-        names, axes = [inp, "masks"], {inp: {0: "batch", 2: "frames"}, "masks": {0: "batch", 3: "frames"}}
+        outs = ["masks", "masks_high"] if "split" in frontend else ["masks"]  # see spectral.graph_outputs
+        names, axes = [inp, *outs], {inp: {0: "batch", 2: "frames"}, **{o: {0: "batch", 3: "frames"} for o in outs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -305,8 +346,8 @@ def export_run(
     run_dir: str | Path,
     out_onnx: str | Path,
     check_audio: str | Path | None = None,
-    segment: float = 30.0,
-    context: float = 1.0,
+    segment: float | None = None,
+    context: float | None = None,
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
     tolerance: float = TOLERANCE,
@@ -316,12 +357,15 @@ def export_run(
     """Export the run in ``run_dir`` to ``out_onnx`` (+ ``.pt`` and ``.json`` next to it).
 
     Args:
-        run_dir: training run folder (``config.json``, ``best.pt`` / ``checkpoint.pt``, ``log.jsonl``).
+        run_dir: training run folder (``config.json``, ``best.pt`` / ``checkpoint.pt``, ``log.jsonl``),
+            or a model card ``.json`` to re-export (see the module docstring).
         out_onnx: path of the ONNX file to write; the card and state dict take its stem.
         check_audio: a real recording for the parity check (default: the run's validation data).
-        segment: preferred chunk length (s) written to the card.
-        context: neighbouring audio (s) the engine should add on each side of a chunk.
-        metrics: measured numbers to record (e.g. ``{"sdr": {...}, "speed": {...}}``).
+        segment: preferred chunk length (s) written to the card (default 30, or the source card's).
+        context: neighbouring audio (s) the engine should add on each side of a chunk (default
+            1, or the source card's).
+        metrics: measured numbers to record (e.g. ``{"sdr": {...}, "speed": {...}}``; default:
+            none, or the source card's without ``speed``).
         command: the command to record (default: this process's ``sys.argv``).
         tolerance: largest allowed |onnxruntime - torch|.
         seed: seed of the random parity input.
@@ -344,7 +388,19 @@ def export_run(
         raise ValueError(f"{out_onnx}: the output must end in .onnx")
     if weights not in WEIGHT_DTYPES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, got {weights!r}")
-    run_cfg, model, info = _load_run(run_dir)
+    source_card = None
+    if run_dir.is_file() and run_dir.suffix == ".json":
+        run_cfg, model, info, source_card = _load_card_source(run_dir)
+        if metrics is None:
+            metrics = {k: v for k, v in (source_card.get("metrics") or {}).items() if k != "speed"}
+    elif run_dir.is_file():
+        raise ValueError(f"{run_dir}: not a training run folder or a model card (.json)")
+    else:
+        run_cfg, model, info = _load_run(run_dir)
+    if segment is None:
+        segment = float(source_card.get("segment", 30.0)) if source_card else 30.0
+    if context is None:
+        context = float(source_card.get("context", 1.0)) if source_card else 1.0
     mcfg = run_cfg["model"]
     channels = int(mcfg["channels"])
     rng = np.random.default_rng(seed)
@@ -390,10 +446,20 @@ def export_run(
         feature = graph_input(frontend)[1]
         io = {"input": f"{feature} [batch, channels, frames, bins] float32",
               "output": f"masks [batch, {m}, channels, frames, bins] float32"}
-    training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
-                **({"data_history": run_cfg["data_history"]} if "data_history" in run_cfg else {}),
-                "hyperparameters": run_cfg.get("hyperparameters", {}),
-                "commands": run_cfg.get("commands", []), **info, **_training_summary(run_dir, info.get("step"))}
+        if "split" in frontend:
+            k = frontend["split"]
+            io["output"] = (f"masks [batch, {m}, channels, frames, {k}] float32 (bins below {k}), "
+                            f"masks_high [batch, {m}, 1, frames, bins - {k}] float32 (above, every channel)")
+    if source_card is not None:  # the same weights: their training record carries over
+        training = {k: v for k, v in (source_card.get("training") or {}).items() if k != "reexport"}
+        training["reexport"] = {"card": str(run_dir), "onnx_sha256": source_card.get("sha256"),
+                                "exported": (source_card.get("export") or {}).get("date"),
+                                "previous": (source_card.get("training") or {}).get("reexport")}
+    else:
+        training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
+                    **({"data_history": run_cfg["data_history"]} if "data_history" in run_cfg else {}),
+                    "hyperparameters": run_cfg.get("hyperparameters", {}),
+                    "commands": run_cfg.get("commands", []), **info, **_training_summary(run_dir, info.get("step"))}
     card = {
         "format": CARD_FORMAT,
         "name": out_onnx.stem,
@@ -443,8 +509,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("-o", "--output", required=True, type=Path)
     p.add_argument("--check-audio", type=Path)
-    p.add_argument("--segment", type=float, default=30.0)
-    p.add_argument("--context", type=float, default=1.0)
+    p.add_argument("--segment", type=float, default=None)
+    p.add_argument("--context", type=float, default=None)
     p.add_argument("--weights", choices=WEIGHT_DTYPES, default="float32")
     a = p.parse_args(argv)
     try:

@@ -184,36 +184,44 @@ class OnnxSeparator(Separator):
             def run(mix: np.ndarray) -> np.ndarray:
                 return session.run(None, {in_name: mix})[0]
         else:
-            from stemcli.spectral import mask_count, separate_with_masks
+            from stemcli.spectral import graph_outputs, separate_with_masks
 
             n_src = len(self.sources)
-            n_masks = mask_count(frontend, n_src)
-            out_name = session.get_outputs()[0].name
+            n_out = len(graph_outputs(frontend, n_src))  # 2 with a split front end (masks, masks_high)
+            out_names = [o.name for o in session.get_outputs()][:n_out]
+            if len(out_names) < n_out:
+                raise ValueError(f"{path}: the graph has {len(out_names)} output; its card's frontend "
+                                 f"(split) needs {n_out}")
             local = threading.local()
             bound = [True]  # cleared for good when the graph's output is not the shape expected
             ort_errors = (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,
                           ort.capi.onnxruntime_pybind11_state.InvalidArgument)
 
-            def masks(mag: np.ndarray) -> np.ndarray:
-                """The graph's masks, written into this thread's buffer (reused while the part
-                length stays the same, e.g. the parts of a song's equal chunks: no fresh 38 MB
-                array each time); the buffer is consumed by ``separate_with_masks`` before the
-                thread's next call."""
+            def unbound(mag: np.ndarray) -> Any:
+                out = session.run(out_names, {in_name: mag})
+                return out[0] if n_out == 1 else tuple(out)
+
+            def masks(mag: np.ndarray) -> Any:
+                """The graph's masks (one array, or two with a ``split`` front end), written into
+                this thread's buffers (reused while the part length stays the same, e.g. the
+                parts of a song's equal chunks: no fresh 38 MB array each time); the buffers are
+                consumed by ``separate_with_masks`` before the thread's next call."""
                 if not bound[0]:
-                    return session.run(None, {in_name: mag})[0]
-                shape = (mag.shape[0], n_masks, *mag.shape[1:])
-                buf = getattr(local, "buf", None)
-                if buf is None or buf.shape != shape:
-                    buf = local.buf = np.empty(shape, np.float32)
+                    return unbound(mag)
+                shapes = list(graph_outputs(frontend, n_src, *mag.shape[:3]).values())
+                bufs = getattr(local, "bufs", None)
+                if bufs is None or [b.shape for b in bufs] != shapes:
+                    bufs = local.bufs = [np.empty(shape, np.float32) for shape in shapes]
                 binding = session.io_binding()
                 binding.bind_cpu_input(in_name, mag)
-                binding.bind_output(out_name, "cpu", 0, np.float32, list(shape), buf.ctypes.data)
+                for name, buf in zip(out_names, bufs):
+                    binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
                 try:
                     session.run_with_iobinding(binding)
                 except ort_errors:  # another output shape: run unbound from now on (the caller names it)
                     bound[0] = False
-                    return session.run(None, {in_name: mag})[0]
-                return buf
+                    return unbound(mag)
+                return bufs[0] if len(bufs) == 1 else tuple(bufs)
 
             def run(mix: np.ndarray) -> np.ndarray:
                 return separate_with_masks(frontend, masks, mix, n_src)

@@ -78,6 +78,17 @@ def test_export_writes_verified_card(run_dir: Path, real_audio: Path, tmp_path: 
     assert again["files"] == loaded["files"]
 
 
+def test_split_card_on_a_one_output_graph_is_refused(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    """A card whose front end says ``split`` needs the graph's two outputs (masks, masks_high)."""
+    out = tmp_path / "tiny.onnx"
+    export_run(run_dir, out, check_audio=real_audio)
+    card = json.loads(out.with_suffix(".json").read_text())
+    card["frontend"]["split"] = 32
+    out.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"tiny\.onnx: the graph has 1 output; its card's frontend \(split\) needs 2"):
+        OnnxSeparator(out.with_suffix(".json"))
+
+
 def test_tampered_onnx_is_refused(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.onnx"
     export_run(run_dir, out, check_audio=real_audio)
@@ -272,3 +283,47 @@ def test_float16_storage_picks_names_that_do_not_collide(tmp_path: Path) -> None
     assert len(names) == len(set(names)) == 2
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.array_equal(got, want)
+
+
+def test_reexport_from_a_card_keeps_weights_and_training_record(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
+    """``stemcli export CARD`` rebuilds the model from a shipped card and its .pt: the same
+    weights (stems equal to the first export's), the training record and SDR carried over,
+    speed dropped (graph-dependent), the source named; in place only with --force."""
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    models = tmp_path / "models"
+    first = export_run(run_dir, models / "m.onnx", check_audio=real_audio, weights="float16",
+                       metrics={"speed": {"rtf": 9.0}, "sdr": {"vocals": 2.0}}, segment=12.0, context=0.5)
+    x = sf.read(real_audio, dtype="float32", always_2d=True)[0].T[None]
+    before = OnnxSeparator(models / "m.json").separate(x)
+    res = CliRunner().invoke(cli, ["export", str(models / "m.json"), "-o", str(models / "m.onnx"),
+                                   "--check-audio", str(real_audio), "--weights", "float16"])
+    assert res.exit_code != 0 and "exists (use --force" in res.output
+    res = CliRunner().invoke(cli, ["export", str(models / "m.json"), "-o", str(models / "m.onnx"),
+                                   "--check-audio", str(real_audio), "--weights", "float16", "--force"])
+    assert res.exit_code == 0, res.output
+    card = load_card(models / "m.json")
+    assert card["metrics"] == {"sdr": {"vocals": 2.0}}
+    assert (card["segment"], card["context"]) == (12.0, 0.5)
+    reexport = card["training"].pop("reexport")
+    assert reexport["card"] == str(models / "m.json") and reexport["onnx_sha256"] == first["sha256"]
+    assert reexport["exported"] == first["export"]["date"] and reexport["previous"] is None
+    assert card["training"] == first["training"]
+    assert card["training"]["step"] == 7 and card["training"]["final_loss"] == 0.03
+    assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    after = OnnxSeparator(models / "m.json").separate(x)
+    assert np.abs(after - before).max() <= 1e-6
+    # a second re-export chains the record
+    again = export_run(models / "m.json", tmp_path / "b" / "m.onnx", check_audio=real_audio)
+    assert again["training"]["reexport"]["previous"]["onnx_sha256"] == first["sha256"]
+    # not a card, or a card whose weights were changed: refused, naming the file
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a training run folder or a model card"):
+        export_run(other, tmp_path / "c" / "m.onnx")
+    pt = models / "m.pt"
+    pt.write_bytes(pt.read_bytes() + b"\0")
+    with pytest.raises(ModelFileError, match=r"m\.pt: sha256 mismatch"):
+        export_run(models / "m.json", tmp_path / "d" / "m.onnx")

@@ -303,7 +303,17 @@ def test_masks_without_full_band_logits_equal_the_softmax_of_the_logits(tiny: di
         want = torch.softmax(model.logits_from_log(logmag).reshape(2, 4, 2, 40, tiny["max_bin"]), dim=1)[:, :3]
         assert got.shape == (2, 3, 2, 40, tiny["max_bin"])
         assert torch.max(torch.abs(got - want)) < 1e-12
-        assert torch.equal(model.mask_net()(logmag), got)
+        exported = model.mask_net()(logmag)
+        if model.conv_bin == model.max_bin:
+            assert "split" not in model.frontend()
+            assert torch.equal(exported, got)
+        else:  # two outputs: below conv_bin, and above it once for both channels
+            cb = model.conv_bin
+            assert model.frontend()["split"] == cb
+            low, high = exported
+            assert torch.equal(low, got[..., :cb])
+            assert high.shape == (2, 3, 1, 40, tiny["max_bin"] - cb)
+            assert torch.equal(high.expand(-1, -1, 2, -1, -1), got[..., cb:])
 
 
 def test_frame_branch_starts_as_a_no_op() -> None:
@@ -464,7 +474,8 @@ def test_exported_mask_graph_sums_the_sources_with_adds(tmp_path) -> None:
     assert "ReduceSum" not in ops and "Softmax" not in ops
     logmag = np.log1p(np.random.default_rng(5).random((1, 2, 24, TINY_FRAME_PS["max_bin"]), dtype=np.float32))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: logmag})[0]
+    low, high = sess.run(None, {sess.get_inputs()[0].name: logmag})  # below and above conv_bin
+    got = np.concatenate([low, np.broadcast_to(high, (*low.shape[:-1], high.shape[-1]))], axis=-1)
     with torch.no_grad():
         logits = model.logits_from_log(torch.from_numpy(logmag)).reshape(1, 4, 2, 24, -1)
     want = torch.softmax(logits, dim=1)[:, :3].numpy()

@@ -87,7 +87,30 @@ def test_separate_with_masks_equals_one_inverse_per_source(residual: bool) -> No
         assert np.abs(out[:, -1] - (mix - out[:, :-1].sum(1))).max() < 1e-6
 
 
-@pytest.mark.parametrize("bad", [{"type": "cqt"}, {"n_fft": 1000, "hop": 300}, {"bins": 0}, {"hop": None}])
+def test_split_masks_equal_the_joined_masks() -> None:
+    """With ``split`` K the graph's two outputs (below K per channel, above K once for all
+    channels) give the stems the joined masks give; shapes are checked per output."""
+    rng = np.random.default_rng(12)
+    base = {"type": "stft-masks", "n_fft": 512, "hop": 128, "bins": 200, "eps": 0.0, "residual": True}
+    fe, fe_split = spectral.check_frontend(base), spectral.check_frontend({**base, "split": 64})
+    assert spectral.graph_outputs(fe_split, 4, 2, 2, 72) == {"masks": (2, 3, 2, 72, 64), "masks_high": (2, 3, 1, 72, 136)}
+    assert spectral.graph_outputs(fe, 4, 2, 2, 72) == {"masks": (2, 3, 2, 72, 200)}
+    mix = rng.standard_normal((2, 2, 9_000)).astype(np.float32)
+    low = rng.random((2, 3, 2, 72, 64), dtype=np.float32)
+    high = rng.random((2, 3, 1, 72, 136), dtype=np.float32)
+    joined = np.concatenate([low, np.broadcast_to(high, (2, 3, 2, 72, 136))], axis=-1)
+    want = spectral.separate_with_masks(fe, lambda mag: joined, mix, 4)
+    got = spectral.separate_with_masks(fe_split, lambda mag: (low, high), mix, 4)
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got[:, 0] - want[:, 1]).max() > 1e-3  # the sources differ
+    with pytest.raises(ValueError, match=r"returned shapes \(2, 3, 2, 72, 64\), \(2, 3, 2, 72, 136\), expected"):
+        spectral.separate_with_masks(fe_split, lambda mag: (low, joined[..., 64:]), mix, 4)
+    with pytest.raises(ValueError, match="returned shape"):
+        spectral.separate_with_masks(fe_split, lambda mag: joined, mix, 4)
+
+
+@pytest.mark.parametrize("bad", [{"type": "cqt"}, {"n_fft": 1000, "hop": 300}, {"bins": 0}, {"hop": None},
+                                 {"split": 0}, {"split": 100}, {"split": "low"}])
 def test_bad_frontend_is_refused(bad: dict) -> None:
     good = {"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 100}
     with pytest.raises(ValueError, match="card.json"):

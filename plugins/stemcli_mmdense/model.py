@@ -440,7 +440,7 @@ class MMDenseNet(nn.Module):
                                       mode="nearest")
         return y.reshape(b, s, c, t, n * self.frame_pool)
 
-    def masks_from_log(self, logmag: torch.Tensor) -> torch.Tensor:
+    def masks_from_log(self, logmag: torch.Tensor, split: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The first ``S - 1`` soft masks from ``log1p(mag)``: ``_softmax_masks`` of
         :meth:`logits_from_log`, computed without materialising the full-band logits.
 
@@ -454,11 +454,18 @@ class MMDenseNet(nn.Module):
 
         Args:
             logmag: [shape=(batch, channels, frames, max_bin)].
+            split: return the masks below ``conv_bin`` and the channel-independent ones above
+                it apart (the exported graph's two outputs, see :meth:`frontend`); only with
+                bins above ``conv_bin``.
 
         Returns:
-            [shape=(batch, sources - 1, channels, frames, max_bin)].
+            [shape=(batch, sources - 1, channels, frames, max_bin)], or with ``split`` the pair
+            ``[batch, sources - 1, channels, frames, conv_bin]``,
+            ``[batch, sources - 1, 1, frames, max_bin - conv_bin]``.
         """
         b, c, frames = logmag.shape[0], logmag.shape[1], logmag.shape[2]
+        if split and not self._split:
+            raise ValueError("mmdense: split masks need bins above conv_bin (a frame branch)")
         if self.frame is None or self.conv_bin == self.max_bin:
             return _softmax_masks(self.logits_from_log(logmag).reshape(b, self.n_src, c, frames, self.max_bin))
         y, inp = self._conv_logits(logmag)
@@ -468,6 +475,8 @@ class MMDenseNet(nn.Module):
         high = _softmax_masks(f[..., cb:])  # pooled: one mask per group of bins, repeated
         if self.frame_pool > 1:
             high = self._unpool(high)
+        if split:
+            return _softmax_masks(low), high
         high = high.expand(-1, -1, c, -1, -1)
         return torch.cat([_softmax_masks(low), high], dim=4)
 
@@ -548,13 +557,22 @@ class MMDenseNet(nn.Module):
         last = wave - est.sum(dim=1)
         return torch.cat([est, last.unsqueeze(1)], dim=1)
 
+    @property
+    def _split(self) -> bool:
+        """Whether the masks above ``conv_bin`` are the frame branch's alone (one per source and
+        bin, shared by the channels): then the exported graph returns them apart."""
+        return self.frame is not None and self.conv_bin < self.max_bin
+
     def frontend(self) -> dict[str, Any]:
-        """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`)."""
+        """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`); with
+        bins above ``conv_bin``, ``split`` there: the graph's second output holds their masks
+        once for all channels."""
         return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
-                "eps": MAG_EPS, "residual": True, "input": "log1p"}
+                "eps": MAG_EPS, "residual": True, "input": "log1p", **({"split": self.conv_bin} if self._split else {})}
 
     def mask_net(self) -> nn.Module:
-        """The part exported to ONNX: ``log1p(mag) [B, C, F, max_bin] -> masks [B, S - 1, C, F, max_bin]``."""
+        """The part exported to ONNX: ``log1p(mag) [B, C, F, max_bin] -> masks [B, S - 1, C, F, max_bin]``,
+        or the two outputs of :meth:`masks_from_log` with ``split`` (see :meth:`frontend`)."""
         return _MaskNet(self)
 
 
@@ -563,8 +581,8 @@ class _MaskNet(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, logmag: torch.Tensor) -> torch.Tensor:
-        return self.net.masks_from_log(logmag)
+    def forward(self, logmag: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self.net.masks_from_log(logmag, split=self.net._split)
 
 
 def _softmax_masks(logits: torch.Tensor) -> torch.Tensor:
