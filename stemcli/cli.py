@@ -204,9 +204,9 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="models/NAME.onnx")
 @click.option("--check-audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real audio for the onnxruntime-vs-torch parity check.")
-@click.option("--weights", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--weights", type=click.Choice(["float32", "float16"]), default=None,
               help="float16: round the weights to float16 and store them so (files half the size; "
-                   "onnxruntime still computes in float32).")
+                   "onnxruntime still computes in float32).  [default: float32; from a card: the card's]")
 @click.option("--force", is_flag=True, help="Overwrite an existing model.")
 def export_cmd(run_dir, output, check_audio, weights, force) -> None:
     """Export a training run to ONNX, verify it against torch, and write its model card.

@@ -8,8 +8,9 @@
    data file): for a model with a ``frontend()`` (a mask model, see :mod:`stemcli.spectral`)
    its ``mask_net()``, input ``mag`` or ``logmag [batch, channels, frames, bins]`` (as the
    front end's ``input`` says), output
-   ``masks [batch, M, channels, frames, bins]`` with dynamic ``batch`` and ``frames`` axes, the
-   card recording the front end; otherwise the whole model, input ``mix [batch, channels,
+   ``masks [batch, M, channels, frames, bins]`` (or, with the front end's ``split``, ``masks``
+   and ``masks_high``: :func:`stemcli.spectral.graph_outputs`) with dynamic ``batch`` and
+   ``frames`` axes, the card recording the front end; otherwise the whole model, input ``mix [batch, channels,
    time]``, output ``stems [batch, sources, channels, time]``, dynamic ``batch`` and ``time``;
 3. runs onnxruntime (through the front end, if any) and torch on random audio and on real audio (``check_audio``, else an
    excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
@@ -31,9 +32,12 @@ holds.  What rounding costs in SDR is measured, not assumed (export/README.md).
 
 ``export_run(card, ...)`` with a model card (``models/NAME.json``) in place of a run folder
 re-exports a shipped model with this exporter: the card's ``config``, the weights of its
-``.pt`` (sha256 checked), its training record and its measured SDR carry over (the same
-weights: the parity check holds the new graph to them); its speed, which depends on the graph,
-does not, and ``training.reexport`` names the card, graph hash and date it came from.  (The
+``.pt`` (sha256 checked), its weight storage (float16 or float32), its training record and its
+measured SDR carry over; its speed, which depends on the graph, does not.  Besides the parity
+check against torch, the new graph's stems are compared with the source card's graph's on the
+same inputs (``training.reexport.max_abs_diff_to_previous``; above the tolerance the export
+fails: the SDR measured on the old graph would not hold), and ``training.reexport`` names the
+card, graph hash and date it came from.  (The
 run folder of a shipped model is not in the repository; when the exporter improves, the
 shipped model can still get the better graph.)
 """
@@ -87,9 +91,9 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     return run_cfg, model, info
 
 
-def _load_card_source(card_path: Path) -> tuple[dict[str, Any], Any, dict[str, Any], dict[str, Any]]:
-    """A model card as export source: ``(run config, model, weights info, card)``; the run config
-    rebuilt from the card's ``config`` and ``training`` record, the weights its ``.pt``."""
+def _load_card_source(card_path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """A model card as export source: ``(run config, model, card)``; the run config rebuilt
+    from the card's ``config`` and ``training`` record, the weights its ``.pt`` (sha256 checked)."""
     import torch
 
     from stemcli.modelcard import load_card, model_file
@@ -98,21 +102,29 @@ def _load_card_source(card_path: Path) -> tuple[dict[str, Any], Any, dict[str, A
     card = load_card(card_path)
     if not isinstance(card.get("config"), dict):
         raise ValueError(f"{card_path}: the card has no architecture config to rebuild the model from")
-    pt = model_file(card, "torch")  # sha256 checked
-    model = archs.build(card["config"])
+    pt = model_file(card, "torch")
+    try:
+        model = archs.build(card["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{card_path}: cannot build the card's architecture ({_one_line(exc)})") from exc
     try:
         state = torch.load(pt, map_location="cpu", weights_only=True)
         model.load_state_dict(state)  # float16 files are cast back to the float32 parameters
     except (RuntimeError, OSError, ValueError) as exc:
-        raise ValueError(f"{pt}: cannot load these weights into the card's architecture ({exc})") from exc
+        raise ValueError(f"{pt}: cannot load these weights into the card's architecture ({_one_line(exc)})") from exc
     model.eval()
     training = card.get("training") or {}
     run_cfg = {"model": card["config"], "data": training.get("data", {}),
                "hyperparameters": training.get("hyperparameters", {}), "commands": training.get("commands", [])}
     if "data_history" in training:
         run_cfg["data_history"] = training["data_history"]
-    info = {k: training[k] for k in ("weights", "step", "best_val_sdr_mean") if k in training}
-    return run_cfg, model, info, card
+    return run_cfg, model, card
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's load_state_dict errors span many), cut at ``limit``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _training_summary(run_dir: Path, weights_step: int | None = None) -> dict[str, Any]:
@@ -179,30 +191,30 @@ def _frontend(model: Any) -> dict[str, Any] | None:
     return check_frontend(model.frontend(), type(model).__name__) if callable(getattr(model, "frontend", None)) else None
 
 
-def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> dict[str, float]:
-    """Largest |onnxruntime - torch| of the stems per named input (``mix [batch, channels,
-    time]``); raise :class:`ExportError` above ``tolerance``."""
+def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, n_sources: int) -> Any:
+    """``mix [batch, channels, time] -> stems [batch, sources, channels, time]`` with the graph
+    at ``onnx_path`` on onnxruntime, through ``frontend`` (a checked card entry) if given; the
+    whole input at once (no chunking), as the parity check compares it with torch."""
     import onnxruntime as ort
-    import torch
-
-    from stemcli.spectral import separate_with_masks
 
     from stemcli.runtime import session_options
+    from stemcli.spectral import graph_outputs, separate_with_masks
 
     sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    frontend = _frontend(model)
+    if frontend is None:
+        return lambda x: sess.run(None, {name: x})[0]
+    out_names = list(graph_outputs(frontend, n_sources))
+    return lambda x: separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
+
+
+def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> dict[str, float]:
+    """Largest |onnxruntime - torch| of the stems per named input (``mix [batch, channels,
+    time]``); raise :class:`ExportError` above ``tolerance``."""
+    import torch
+
     n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))
-    if frontend is not None:
-        from stemcli.spectral import graph_outputs
-
-        out_names = list(graph_outputs(frontend, n_src))
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if frontend is None:
-            return sess.run(None, {name: x})[0]
-        return separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_src)
-
+    run = graph_runner(onnx_path, _frontend(model), n_src)
     diffs = {}
     for label, x in inputs.items():
         with torch.inference_mode():
@@ -216,6 +228,28 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
                 f"{onnx_path}: onnxruntime differs from torch by {diffs[label]:.3g} on {label} audio "
                 f"(tolerance {tolerance:g}); not writing a card"
             )
+    return diffs
+
+
+def _compare_with_card(card: dict[str, Any], onnx_path: Path, frontend: dict[str, Any] | None,
+                       inputs: dict[str, np.ndarray], tolerance: float) -> dict[str, float]:
+    """Largest |new - previous| of the stems per input: the graph at ``onnx_path`` through
+    ``frontend`` against the graph of ``card`` (sha256 checked) through the card's own front
+    end; raise :class:`ExportError` above ``tolerance``."""
+    from stemcli.modelcard import model_file
+    from stemcli.spectral import check_frontend
+
+    previous_path = model_file(card, "onnx")
+    old = check_frontend(card["frontend"], str(previous_path)) if card.get("frontend") else None
+    n_src = len(card["sources"])
+    previous = graph_runner(previous_path, old, n_src)
+    new = graph_runner(onnx_path, frontend, n_src)
+    diffs = {}
+    for label, x in inputs.items():
+        diffs[label] = float(np.max(np.abs(new(x) - previous(x))))
+        if not diffs[label] <= tolerance:
+            raise ExportError(f"{onnx_path}: its stems differ from {previous_path}'s by {diffs[label]:.3g} on "
+                              f"{label} audio (tolerance {tolerance:g}); the card's SDR would not hold")
     return diffs
 
 
@@ -322,7 +356,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         from stemcli.spectral import graph_input
 
         inp = graph_input(frontend)[0]
-        outs = ["masks", "masks_high"] if "split" in frontend else ["masks"]  # see spectral.graph_outputs
+        from stemcli.spectral import graph_outputs
+
+        outs = list(graph_outputs(frontend, len(model.config["sources"])))  # masks (, masks_high)
         names, axes = [inp, *outs], {inp: {0: "batch", 2: "frames"}, **{o: {0: "batch", 3: "frames"} for o in outs}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -352,7 +388,7 @@ def export_run(
     command: str | None = None,
     tolerance: float = TOLERANCE,
     seed: int = 0,
-    weights: str = "float32",
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Export the run in ``run_dir`` to ``out_onnx`` (+ ``.pt`` and ``.json`` next to it).
 
@@ -370,14 +406,16 @@ def export_run(
         tolerance: largest allowed |onnxruntime - torch|.
         seed: seed of the random parity input.
         weights: ``"float32"``, or ``"float16"`` to round the weights to float16 and store them
-            so (files about half the size; see the module docstring).
+            so (files about half the size; see the module docstring); default float32, or the
+            source card's.
 
     Returns:
         The card (also written to ``out_onnx.with_suffix(".json")``).
 
     Raises:
-        ValueError: not a run folder, unreadable check audio.
-        ExportError: export failed or onnxruntime disagrees with torch beyond ``tolerance``.
+        ValueError: not a run folder or card, unreadable check audio.
+        ExportError: export failed, onnxruntime disagrees with torch beyond ``tolerance``, or
+            (re-export) the new graph's stems differ from the source card's graph's beyond it.
     """
     import onnx
     import onnxruntime
@@ -386,17 +424,21 @@ def export_run(
     run_dir, out_onnx = Path(run_dir), Path(out_onnx)
     if out_onnx.suffix != ".onnx":
         raise ValueError(f"{out_onnx}: the output must end in .onnx")
-    if weights not in WEIGHT_DTYPES:
+    if weights is not None and weights not in WEIGHT_DTYPES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, got {weights!r}")
-    source_card = None
+    source_card, info = None, {}
     if run_dir.is_file() and run_dir.suffix == ".json":
-        run_cfg, model, info, source_card = _load_card_source(run_dir)
+        run_cfg, model, source_card = _load_card_source(run_dir)
+        source_weights = ((source_card.get("export") or {}).get("weights") or {})
+        if weights is None:
+            weights = source_weights.get("dtype", "float32")
         if metrics is None:
             metrics = {k: v for k, v in (source_card.get("metrics") or {}).items() if k != "speed"}
     elif run_dir.is_file():
         raise ValueError(f"{run_dir}: not a training run folder or a model card (.json)")
     else:
         run_cfg, model, info = _load_run(run_dir)
+    weights = weights or "float32"
     if segment is None:
         segment = float(source_card.get("segment", 30.0)) if source_card else 30.0
     if context is None:
@@ -412,6 +454,8 @@ def export_run(
     stored: dict[str, Any] = {"dtype": weights}
     if weights == "float16":
         stored["rounded_values"] = round_weights_to_float16(model)
+        if source_card is not None and source_weights.get("dtype") == "float16":
+            stored["rounded_values"] = source_weights.get("rounded_values")  # rounded at the first export
     # everything is built and checked under a staging name first: a failure leaves an existing
     # model at out_onnx (and its .pt and card) as it was
     staging = out_onnx.with_name(f".{out_onnx.stem}.staging.onnx")
@@ -420,6 +464,8 @@ def export_run(
         if weights == "float16":
             stored["onnx_float16"] = store_initializers_float16(staging)
         diffs = check_parity(model, staging, inputs, tolerance)
+        if source_card is not None:  # the carried-over SDR was measured on the source's graph
+            to_previous = _compare_with_card(source_card, staging, _frontend(model), inputs, tolerance)
     except ExportError as exc:
         staging.unlink(missing_ok=True)
         raise ExportError(str(exc).replace(str(staging), str(out_onnx))) from exc
@@ -454,6 +500,7 @@ def export_run(
         training = {k: v for k, v in (source_card.get("training") or {}).items() if k != "reexport"}
         training["reexport"] = {"card": str(run_dir), "onnx_sha256": source_card.get("sha256"),
                                 "exported": (source_card.get("export") or {}).get("date"),
+                                "max_abs_diff_to_previous": to_previous,
                                 "previous": (source_card.get("training") or {}).get("reexport")}
     else:
         training = {"run": str(run_dir), "data": run_cfg.get("data", {}),
@@ -511,7 +558,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--check-audio", type=Path)
     p.add_argument("--segment", type=float, default=None)
     p.add_argument("--context", type=float, default=None)
-    p.add_argument("--weights", choices=WEIGHT_DTYPES, default="float32")
+    p.add_argument("--weights", choices=WEIGHT_DTYPES, default=None, help="default: float32, or the source card's")
     a = p.parse_args(argv)
     try:
         command = command_line(None if argv is None else ["export.py", *argv])

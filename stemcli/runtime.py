@@ -187,11 +187,17 @@ class OnnxSeparator(Separator):
             from stemcli.spectral import graph_outputs, separate_with_masks
 
             n_src = len(self.sources)
-            n_out = len(graph_outputs(frontend, n_src))  # 2 with a split front end (masks, masks_high)
-            out_names = [o.name for o in session.get_outputs()][:n_out]
-            if len(out_names) < n_out:
-                raise ValueError(f"{path}: the graph has {len(out_names)} output; its card's frontend "
-                                 f"(split) needs {n_out}")
+            expected = graph_outputs(frontend, n_src)  # masks, and masks_high with a split front end
+            n_out = len(expected)
+            graph_names = [o.name for o in session.get_outputs()]
+            if len(graph_names) != n_out:
+                raise ValueError(f"{path}: the graph has {len(graph_names)} output{'s' * (len(graph_names) > 1)}; "
+                                 f"its card's frontend {'(split) ' * (n_out > 1)}needs {n_out}")
+            # one output: whatever its name (cards from before the split); two: by their names
+            out_names = graph_names if n_out == 1 else list(expected)
+            if n_out > 1 and set(graph_names) != set(out_names):
+                raise ValueError(f"{path}: the graph's outputs are {', '.join(graph_names)}, its card's "
+                                 f"frontend needs {', '.join(out_names)}")
             local = threading.local()
             bound = [True]  # cleared for good when the graph's output is not the shape expected
             ort_errors = (RuntimeError, ort.capi.onnxruntime_pybind11_state.Fail,

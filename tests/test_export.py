@@ -87,6 +87,16 @@ def test_split_card_on_a_one_output_graph_is_refused(run_dir: Path, real_audio: 
     out.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"tiny\.onnx: the graph has 1 output; its card's frontend \(split\) needs 2"):
         OnnxSeparator(out.with_suffix(".json"))
+    # and the other way round: a two-output graph whose card lost its split
+    two = tmp_path / "two" / "m.onnx"
+    export_run(_frame_run(tmp_path), two, check_audio=real_audio)
+    card = json.loads(two.with_suffix(".json").read_text())
+    assert card["frontend"]["split"] == 32
+    OnnxSeparator(two.with_suffix(".json"))  # loads as written
+    del card["frontend"]["split"]
+    two.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"m\.onnx: the graph has 2 outputs; its card's frontend needs 1"):
+        OnnxSeparator(two.with_suffix(".json"))
 
 
 def test_tampered_onnx_is_refused(run_dir: Path, real_audio: Path, tmp_path: Path) -> None:
@@ -307,17 +317,22 @@ def test_reexport_from_a_card_keeps_weights_and_training_record(run_dir: Path, r
     card = load_card(models / "m.json")
     assert card["metrics"] == {"sdr": {"vocals": 2.0}}
     assert (card["segment"], card["context"]) == (12.0, 0.5)
+    assert card["export"]["weights"]["rounded_values"] == first["export"]["weights"]["rounded_values"] > 0
     reexport = card["training"].pop("reexport")
     assert reexport["card"] == str(models / "m.json") and reexport["onnx_sha256"] == first["sha256"]
     assert reexport["exported"] == first["export"]["date"] and reexport["previous"] is None
+    assert set(reexport["max_abs_diff_to_previous"]) == {"random", "real"}
+    assert max(reexport["max_abs_diff_to_previous"].values()) <= 1e-6
     assert card["training"] == first["training"]
     assert card["training"]["step"] == 7 and card["training"]["final_loss"] == 0.03
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     after = OnnxSeparator(models / "m.json").separate(x)
     assert np.abs(after - before).max() <= 1e-6
-    # a second re-export chains the record
+    # a second re-export chains the record, and keeps the card's float16 storage by default
     again = export_run(models / "m.json", tmp_path / "b" / "m.onnx", check_audio=real_audio)
     assert again["training"]["reexport"]["previous"]["onnx_sha256"] == first["sha256"]
+    assert again["export"]["weights"]["dtype"] == "float16"
+    assert again["files"]["torch"]["bytes"] == card["files"]["torch"]["bytes"]
     # not a card, or a card whose weights were changed: refused, naming the file
     other = tmp_path / "notes.txt"
     other.write_text("x")
@@ -327,3 +342,35 @@ def test_reexport_from_a_card_keeps_weights_and_training_record(run_dir: Path, r
     pt.write_bytes(pt.read_bytes() + b"\0")
     with pytest.raises(ModelFileError, match=r"m\.pt: sha256 mismatch"):
         export_run(models / "m.json", tmp_path / "d" / "m.onnx")
+
+
+def test_reexport_of_a_one_output_graph_gives_the_split_graph(tmp_path: Path, real_audio: Path, monkeypatch) -> None:
+    """A card written before the split front end (one output, masks expanded over the channels in
+    the graph) re-exports to the two-output graph with the same stems; weights that no longer
+    match the source graph are refused (its SDR would not hold)."""
+    import onnxruntime as ort
+
+    run = _frame_run(tmp_path)
+    with monkeypatch.context() as m:  # the exporter as it was: no split
+        m.setattr(MMDenseNet, "_split", property(lambda self: False))
+        old = export_run(run, tmp_path / "old" / "m.onnx", check_audio=real_audio)
+    assert "split" not in old["frontend"]
+    new = export_run(tmp_path / "old" / "m.json", tmp_path / "new" / "m.onnx", check_audio=real_audio)
+    assert new["frontend"]["split"] == 32
+    sess = ort.InferenceSession(str(tmp_path / "new" / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["masks", "masks_high"]
+    assert max(new["training"]["reexport"]["max_abs_diff_to_previous"].values()) <= 1e-6
+    x = sf.read(real_audio, dtype="float32", always_2d=True)[0].T[None]
+    a = OnnxSeparator(tmp_path / "old" / "m.json").separate(x)
+    b = OnnxSeparator(tmp_path / "new" / "m.json").separate(x)
+    assert np.abs(a - b).max() <= 1e-6
+    # other weights under the old card (its hash updated): torch and the new graph agree, the old graph does not
+    state = torch.load(tmp_path / "old" / "m.pt", weights_only=True)
+    state["frame.out.weight"] = state["frame.out.weight"] * 3.0
+    torch.save(state, tmp_path / "old" / "m.pt")
+    card = json.loads((tmp_path / "old" / "m.json").read_text())
+    card["files"]["torch"]["sha256"] = sha256_file(tmp_path / "old" / "m.pt")
+    (tmp_path / "old" / "m.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match=r"m\.onnx: its stems differ from .*old/m\.onnx's by .* the card's SDR would not hold"):
+        export_run(tmp_path / "old" / "m.json", tmp_path / "newer" / "m.onnx", check_audio=real_audio)
+    assert not (tmp_path / "newer" / "m.onnx").exists() and not (tmp_path / "newer" / "m.json").exists()

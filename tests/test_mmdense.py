@@ -209,8 +209,8 @@ def test_mask_buffer_reuse_keeps_results_apart(monkeypatch) -> None:
     xa = (0.1 * rng.standard_normal((1, 2, 3 * 44100))).astype(np.float32)
     xb = (0.1 * rng.standard_normal((1, 2, 2 * 44100 + 777))).astype(np.float32)
     name = sep.session.get_inputs()[0].name
-    want_a = separate_with_masks(sep.frontend, lambda mag: sep.session.run(None, {name: mag})[0], xa, 4)
-    want_b = separate_with_masks(sep.frontend, lambda mag: sep.session.run(None, {name: mag})[0], xb, 4)
+    want_a = separate_with_masks(sep.frontend, lambda mag: tuple(sep.session.run(None, {name: mag})), xa, 4)
+    want_b = separate_with_masks(sep.frontend, lambda mag: tuple(sep.session.run(None, {name: mag})), xb, 4)
 
     def unbound(*args, **kwargs):
         raise AssertionError("the mask graph ran unbound")

@@ -33,7 +33,10 @@ frame (all ``max_bin`` bins, both channels) with a bidirectional LSTM over time 
 logit per source and bin to the convolutions' logits.  With it the convolutions may stop at
 ``conv_bin`` below ``max_bin``: the bins between (drums' cymbals above 11 kHz, say) get their
 masks from the frame branch alone, at a per-frame cost instead of a per-point one
-(``"per_source": true`` gives each source its own branch, :class:`PerSourceFrame`).  An optional
+(``"per_source": true`` gives each source its own branch, :class:`PerSourceFrame`;
+``"pool": P`` lets it see and answer those bins in groups of ``P``, :meth:`MMDenseNet.frame_logits`),
+and the exported graph returns their masks apart, once for all channels (the front end's
+``split``, see :meth:`MMDenseNet.frontend`).  An optional
 bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 """
@@ -446,7 +449,8 @@ class MMDenseNet(nn.Module):
 
         Above ``conv_bin`` the logits are the frame branch's alone, the same for every channel,
         so the softmax there runs once on ``[batch, sources, 1, frames, max_bin - conv_bin]``
-        and the masks are expanded over the channels; below it the convolutions' logits and the
+        and the masks are expanded over the channels (returned apart, unexpanded, with
+        ``split``); below it the convolutions' logits and the
         frame branch's are added as before.  (The same values as the padded version; on the
         shipped 4096-point model the graph skips a pad, an expand and an add over all 2048 bins.)
         With ``frame.pool`` P the softmax there runs on the branch's ``(max_bin - conv_bin) / P``
