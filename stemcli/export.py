@@ -208,9 +208,11 @@ def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, n_sources: in
     return lambda x: separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
 
 
-def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE) -> dict[str, float]:
+def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE,
+                 stems: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Largest |onnxruntime - torch| of the stems per named input (``mix [batch, channels,
-    time]``); raise :class:`ExportError` above ``tolerance``."""
+    time]``); raise :class:`ExportError` above ``tolerance``.  ``stems``, if given, receives
+    onnxruntime's stems per input (a re-export compares them with the previous graph's)."""
     import torch
 
     n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))
@@ -220,6 +222,8 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
         with torch.inference_mode():
             ref = model(torch.from_numpy(x)).numpy()
         got = run(x)
+        if stems is not None:
+            stems[label] = got
         if got.shape != ref.shape:
             raise ExportError(f"{onnx_path}: output shape {got.shape} on {label} audio, torch gives {ref.shape}")
         diffs[label] = float(np.max(np.abs(got - ref)))
@@ -231,22 +235,20 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
     return diffs
 
 
-def _compare_with_card(card: dict[str, Any], onnx_path: Path, frontend: dict[str, Any] | None,
+def _compare_with_card(card: dict[str, Any], onnx_path: Path, new_stems: dict[str, np.ndarray],
                        inputs: dict[str, np.ndarray], tolerance: float) -> dict[str, float]:
-    """Largest |new - previous| of the stems per input: the graph at ``onnx_path`` through
-    ``frontend`` against the graph of ``card`` (sha256 checked) through the card's own front
-    end; raise :class:`ExportError` above ``tolerance``."""
+    """Largest |new - previous| of the stems per input: ``new_stems`` (the graph at
+    ``onnx_path``, from :func:`check_parity`) against the graph of ``card`` (sha256 checked)
+    through the card's own front end; raise :class:`ExportError` above ``tolerance``."""
     from stemcli.modelcard import model_file
     from stemcli.spectral import check_frontend
 
     previous_path = model_file(card, "onnx")
     old = check_frontend(card["frontend"], str(previous_path)) if card.get("frontend") else None
-    n_src = len(card["sources"])
-    previous = graph_runner(previous_path, old, n_src)
-    new = graph_runner(onnx_path, frontend, n_src)
+    previous = graph_runner(previous_path, old, len(card["sources"]))
     diffs = {}
     for label, x in inputs.items():
-        diffs[label] = float(np.max(np.abs(new(x) - previous(x))))
+        diffs[label] = float(np.max(np.abs(new_stems[label] - previous(x))))
         if not diffs[label] <= tolerance:
             raise ExportError(f"{onnx_path}: its stems differ from {previous_path}'s by {diffs[label]:.3g} on "
                               f"{label} audio (tolerance {tolerance:g}); the card's SDR would not hold")
@@ -353,11 +355,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
     else:
         net, example = model.mask_net().eval(), torch.rand(1, channels, 64, frontend["bins"])
-        from stemcli.spectral import graph_input
+        from stemcli.spectral import graph_input, graph_outputs
 
         inp = graph_input(frontend)[0]
-        from stemcli.spectral import graph_outputs
-
         outs = list(graph_outputs(frontend, len(model.config["sources"])))  # masks (, masks_high)
         names, axes = [inp, *outs], {inp: {0: "batch", 2: "frames"}, **{o: {0: "batch", 3: "frames"} for o in outs}}
     with warnings.catch_warnings():
@@ -463,9 +463,10 @@ def export_run(
         export_model(model, staging, channels)
         if weights == "float16":
             stored["onnx_float16"] = store_initializers_float16(staging)
-        diffs = check_parity(model, staging, inputs, tolerance)
+        new_stems: dict[str, np.ndarray] = {}
+        diffs = check_parity(model, staging, inputs, tolerance, stems=new_stems)
         if source_card is not None:  # the carried-over SDR was measured on the source's graph
-            to_previous = _compare_with_card(source_card, staging, _frontend(model), inputs, tolerance)
+            to_previous = _compare_with_card(source_card, staging, new_stems, inputs, tolerance)
     except ExportError as exc:
         staging.unlink(missing_ok=True)
         raise ExportError(str(exc).replace(str(staging), str(out_onnx))) from exc
