@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.stemcli-installed
 TORCH := torch==2.13.0
 APT_PACKAGES := fluidsynth fluid-soundfont-gm timgm6mb-soundfont musescore-general-soundfont-small \
-	openmpi-bin libopenmpi-dev ffmpeg espeak-ng
+	openmpi-bin libopenmpi-dev ffmpeg espeak-ng libtcmalloc-minimal4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXAMPLE := examples/example.ogg
 
@@ -16,7 +16,8 @@ EXAMPLE := examples/example.ogg
 
 setup: system $(STAMP)
 
-# System packages: fluidsynth + SoundFonts (training data), OpenMPI (mpi4py), ffmpeg (museval), espeak-ng.
+# System packages: fluidsynth + SoundFonts (training data), OpenMPI (mpi4py), ffmpeg (museval), espeak-ng,
+# tcmalloc (the heavy commands run under it: stemcli/allocator.py).
 system:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -53,9 +53,12 @@ def make_song(path: Path, minutes: float, seed: int = 0) -> None:
             f.write(np.stack([x + hits, 0.9 * x + hits], axis=1).astype(np.float32))
 
 
-def measure(path: Path, model: str, outdir: Path) -> tuple[float, float]:
+def measure(path: Path, model: str, outdir: Path, alloc: str = "tcmalloc") -> tuple[float, float]:
+    from stemcli.allocator import child_env
+
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), model, str(outdir)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, str(path), model, str(outdir)], capture_output=True, text=True, check=True,
+        env=child_env(alloc),
     ).stdout.split()
     return float(out[0]), int(out[1]) / 1024.0  # seconds, MiB (ru_maxrss is KiB on Linux)
 
@@ -66,7 +69,16 @@ def main() -> None:
     ap.add_argument("--short", type=float, default=3.0, help="minutes")
     ap.add_argument("--long", type=float, default=60.0, help="minutes")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
+                    help="memory allocator of the separating processes (default tcmalloc, as `stemcli separate`)")
     args = ap.parse_args()
+    try:
+        from stemcli.allocator import child_env
+
+        child_env(args.allocator)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(f"allocator: {args.allocator}")
     with tempfile.TemporaryDirectory(prefix="stemcli-mem-") as tmp:
         rows = []
         for label, minutes in (("short", args.short), ("long", args.long)):
@@ -74,7 +86,7 @@ def main() -> None:
             t0 = time.perf_counter()
             make_song(song, minutes)
             gen = time.perf_counter() - t0
-            secs, rss = measure(song, args.model, Path(tmp) / label)
+            secs, rss = measure(song, args.model, Path(tmp) / label, args.allocator)
             song.unlink()
             rows.append({"label": label, "minutes": minutes, "seconds": secs, "peak_rss_mib": rss, "generate_s": gen})
             print(f"{label:>5}: {minutes:6.1f} min audio  separated in {secs:7.1f} s  peak RSS {rss:8.1f} MiB", flush=True)
@@ -82,7 +94,7 @@ def main() -> None:
     verdict = "PASS" if ratio <= 1.2 else "FAIL"
     print(f"peak RSS ratio long/short = {ratio:.3f} (target <= 1.2): {verdict}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model or "default", "rows": rows, "ratio": ratio}, indent=2))
+        args.json.write_text(json.dumps({"model": args.model or "default", "allocator": args.allocator, "rows": rows, "ratio": ratio}, indent=2))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ factor of each and their ratios to the first.
 A configuration is ``LABEL=MODEL`` (a model name or card path) or ``LABEL=MODEL@TREE``, where
 ``TREE`` is another checkout of this repository (e.g. ``git worktree add /tmp/old HEAD~1``):
 its ``stemcli`` and plugins are imported instead of this one's, so an engine change can be
-measured against the code before it on the same machine in the same run.
+measured against the code before it on the same machine in the same run.  A ``%system`` or
+``%tcmalloc`` suffix picks the memory allocator of that configuration's processes (default
+``--allocator``, tcmalloc: what ``stemcli separate`` runs with when it is installed).
 
     .venv/bin/python benchmarks/song_speed.py --minutes 3 --repeats 5 \\
         before=/tmp/old/models/mmdense.json@/tmp/old  engine=/tmp/old/models/mmdense.json  now=mmdense
@@ -32,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memory import make_song  # noqa: E402
 
+from stemcli import allocator  # noqa: E402  (stdlib only at import)
+
 CHILD = r"""
 import sys, time
 from pathlib import Path
@@ -44,8 +48,8 @@ print(time.perf_counter() - t0)
 """
 
 
-def run_one(song: Path, model: str, tree: str | None, out: Path) -> float:
-    env = dict(os.environ)
+def run_one(song: Path, model: str, tree: str | None, out: Path, alloc: str = "tcmalloc") -> float:
+    env = allocator.child_env(alloc)
     if tree:
         root = Path(tree).resolve()
         if not (root / "stemcli" / "__init__.py").is_file():
@@ -59,8 +63,10 @@ def run_one(song: Path, model: str, tree: str | None, out: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("configs", nargs="+", help="LABEL=MODEL or LABEL=MODEL@TREE")
+    p.add_argument("configs", nargs="+", help="LABEL=MODEL[@TREE][%%ALLOCATOR]")
     p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
+                   help="allocator of configurations without a %%suffix (default tcmalloc)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -68,26 +74,32 @@ def main(argv: list[str] | None = None) -> int:
     for c in a.configs:
         label, sep, rest = c.partition("=")
         if not sep or not label:
-            sys.exit(f"error: configuration '{c}': expected LABEL=MODEL[@TREE]")
+            sys.exit(f"error: configuration '{c}': expected LABEL=MODEL[@TREE][%ALLOCATOR]")
+        rest, _, alloc = rest.partition("%")
+        alloc = alloc or a.allocator
+        try:
+            allocator.child_env(alloc)
+        except ValueError as exc:
+            sys.exit(f"error: configuration '{c}': {exc}")
         model, _, tree = rest.partition("@")
-        configs.append((label, model, tree or None))
-    times: dict[str, list[float]] = {label: [] for label, _, _ in configs}
+        configs.append((label, model, tree or None, alloc))
+    times: dict[str, list[float]] = {c[0]: [] for c in configs}
     with tempfile.TemporaryDirectory() as tmp:
         song = Path(tmp) / "song.wav"
         make_song(song, a.minutes)
-        for label, model, tree in configs:  # warm-up (file cache, first onnxruntime load)
-            run_one(song, model, tree, Path(tmp) / "warm")
+        for label, model, tree, alloc in configs:  # warm-up (file cache, first onnxruntime load)
+            run_one(song, model, tree, Path(tmp) / "warm", alloc)
         for _ in range(a.repeats):
-            for label, model, tree in configs:
-                times[label].append(run_one(song, model, tree, Path(tmp) / label))
+            for label, model, tree, alloc in configs:
+                times[label].append(run_one(song, model, tree, Path(tmp) / label, alloc))
     seconds = a.minutes * 60.0
     first = statistics.median(times[configs[0][0]])
     print(f"\n{a.minutes:g}-min stereo song, separate_file, median of {a.repeats} (alternating, fresh processes)")
     print(f"{'config':>10s} {'wall s':>8s} {'x real time':>12s} {'vs ' + configs[0][0]:>12s}")
     rows = {}
-    for label, model, tree in configs:
+    for label, model, tree, alloc in configs:
         med = statistics.median(times[label])
-        rows[label] = {"model": model, "tree": tree, "seconds": med, "all": times[label], "rtf": seconds / med,
+        rows[label] = {"model": model, "tree": tree, "allocator": alloc, "seconds": med, "all": times[label], "rtf": seconds / med,
                        "speedup_vs_first": first / med}
         print(f"{label:>10s} {med:8.2f} {seconds / med:12.1f} {first / med:11.2f}x")
     if a.json:

@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _baselines  # noqa: E402
 
+from stemcli import allocator  # noqa: E402  (stdlib only at import)
+
 SR = 44100
 TARGETS = {
     # name: (numerator system, denominator system or None for real time, target, description)
@@ -137,7 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"subset of {','.join(ALL_SYSTEMS)}")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--update-card", type=Path, help="merge the numbers into this model card's 'metrics.speed'")
+    ap.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
+                    help="memory allocator of this process, so of all systems (default tcmalloc, as "
+                         "`stemcli separate` runs when it is installed; see stemcli/allocator.py)")
     args = ap.parse_args(argv)
+    try:
+        allocator.ensure(args.allocator)  # re-runs this script under it if needed
+    except (ValueError, RuntimeError) as exc:
+        ap.error(str(exc))
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in ALL_SYSTEMS]
     if unknown:
@@ -152,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     mix = make_input(args.seconds)
     stand_in = _baselines.torchaudio_stand_in() if {"umx", "htdemucs"} & set(systems) else "not needed"
     print(f"input: {args.seconds:g} s stereo {SR} Hz generated signal (seed 0); {args.threads} threads; "
-          f"1 warm-up + median of {args.repeats}; torch {torch.__version__}, {os.cpu_count()} CPUs")
+          f"1 warm-up + median of {args.repeats}; torch {torch.__version__}, {os.cpu_count()} CPUs; "
+          f"allocator {allocator.active()}")
     print(f"torchaudio for openunmix/demucs imports: {stand_in}")
 
     builders: dict[str, Callable[[], tuple[Callable[[np.ndarray], Any], dict[str, Any]]]] = {
@@ -202,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "input": {"seconds": args.seconds, "sample_rate": SR, "channels": 2, "seed": 0},
             "threads": args.threads,
             "repeats": args.repeats,
+            "allocator": allocator.active(),
             "torchaudio": stand_in,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": _cpu_name()},
             "versions": _versions(),

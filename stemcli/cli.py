@@ -264,6 +264,16 @@ cli.add_command(remix)
 
 
 def main() -> None:
+    """The ``stemcli`` console command: heavy commands re-run once under tcmalloc when it is
+    installed (:mod:`stemcli.allocator`), then Click takes over."""
+    from stemcli import allocator
+
+    args = sys.argv[1:]
+    try:
+        allocator.maybe_reexec(args[0] if args and not args[0].startswith("-") else None)
+    except (ValueError, OSError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     cli(prog_name="stemcli")
 
 

@@ -51,6 +51,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from stemcli.allocator import active as active_allocator
 from stemcli.data.datasets import StemDataset
 from stemcli.modelcard import command_line
 from stemcli.train import archs
@@ -347,6 +348,9 @@ def train(
             raise ValueError(f"{cfg_path}: the run's model config differs from the given overrides; "
                              "resume without them or use a new --out")
         run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
+        used = hyper.get("allocator")  # training speed depends on it (stemcli.allocator)
+        if used and active_allocator() not in used.split("+"):
+            hyper["allocator"] = f"{used}+{active_allocator()}"
         run_cfg.setdefault("commands", []).append(command_line())
         card = data_card(data)
         if card.get("root") != run_cfg["data"].get("root"):  # fine-tuning on other data: keep the history
@@ -357,7 +361,8 @@ def train(
         settings = {k: RESUMABLE[k] if v is None else v for k, v in given.items()}
         seed = 0 if seed is None else seed
         hyper = {"plugin": plugin, **settings, "seed": seed, "steps": steps, "minutes": minutes, "threads": threads,
-                 "loss": "L1 waveform", "optimizer": "Adam", "augment": True, "remix_prob": 0.5}
+                 "loss": "L1 waveform", "optimizer": "Adam", "augment": True, "remix_prob": 0.5,
+                 "allocator": active_allocator()}
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
@@ -400,7 +405,8 @@ def train(
 
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
-        f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}"
+        f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}, "
+        f"allocator {active_allocator()}"
         + ("" if precision == "float32" else f", {precision} forward"))
     if precision == "bfloat16" and not bf16_native():
         log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): it is emulated and slower than float32")
