@@ -69,15 +69,16 @@ def main() -> None:
     ap.add_argument("--short", type=float, default=3.0, help="minutes")
     ap.add_argument("--long", type=float, default=60.0, help="minutes")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
-                    help="memory allocator of the separating processes (default tcmalloc, as `stemcli separate`)")
+    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+                    help="memory allocator of the separating processes (default auto: tcmalloc if "
+                         "installed, as `stemcli separate`)")
     args = ap.parse_args()
-    try:
-        from stemcli.allocator import child_env
+    from stemcli.allocator import find_tcmalloc
 
-        child_env(args.allocator)
-    except ValueError as exc:
-        ap.error(str(exc))
+    if args.allocator == "auto":
+        args.allocator = "tcmalloc" if find_tcmalloc() else "system"
+    elif args.allocator == "tcmalloc" and not find_tcmalloc():
+        ap.error("tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4)")
     print(f"allocator: {args.allocator}")
     with tempfile.TemporaryDirectory(prefix="stemcli-mem-") as tmp:
         rows = []

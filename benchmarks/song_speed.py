@@ -11,7 +11,7 @@ A configuration is ``LABEL=MODEL`` (a model name or card path) or ``LABEL=MODEL@
 its ``stemcli`` and plugins are imported instead of this one's, so an engine change can be
 measured against the code before it on the same machine in the same run.  A ``%system`` or
 ``%tcmalloc`` suffix picks the memory allocator of that configuration's processes (default
-``--allocator``, tcmalloc: what ``stemcli separate`` runs with when it is installed).
+``--allocator``, auto: tcmalloc if installed, what ``stemcli separate`` runs with).
 
     .venv/bin/python benchmarks/song_speed.py --minutes 3 --repeats 5 \\
         before=/tmp/old/models/mmdense.json@/tmp/old  engine=/tmp/old/models/mmdense.json  now=mmdense
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="+", help="LABEL=MODEL[@TREE][%%ALLOCATOR]")
     p.add_argument("--minutes", type=float, default=3.0)
-    p.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
-                   help="allocator of configurations without a %%suffix (default tcmalloc)")
+    p.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+                   help="allocator of configurations without a %%suffix (default auto: tcmalloc if installed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
@@ -75,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, rest = c.partition("=")
         if not sep or not label:
             sys.exit(f"error: configuration '{c}': expected LABEL=MODEL[@TREE][%ALLOCATOR]")
-        rest, _, alloc = rest.partition("%")
-        alloc = alloc or a.allocator
+        if "%" in rest and rest.rpartition("%")[2] in ("auto", "tcmalloc", "system"):
+            rest, _, alloc = rest.rpartition("%")
+        else:
+            alloc = a.allocator
+        if alloc == "auto":
+            alloc = "tcmalloc" if allocator.find_tcmalloc() else "system"
         try:
             allocator.child_env(alloc)
         except ValueError as exc:

@@ -139,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"subset of {','.join(ALL_SYSTEMS)}")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--update-card", type=Path, help="merge the numbers into this model card's 'metrics.speed'")
-    ap.add_argument("--allocator", choices=("tcmalloc", "system"), default="tcmalloc",
-                    help="memory allocator of this process, so of all systems (default tcmalloc, as "
-                         "`stemcli separate` runs when it is installed; see stemcli/allocator.py)")
+    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+                    help="memory allocator of this process, so of all systems (default auto: tcmalloc "
+                         "if installed, as `stemcli separate` runs; see stemcli/allocator.py)")
     args = ap.parse_args(argv)
-    try:
-        allocator.ensure(args.allocator)  # re-runs this script under it if needed
+    try:  # re-runs this script under it if needed
+        allocator.ensure(args.allocator, [sys.executable, str(Path(__file__).resolve()),
+                                          *(sys.argv[1:] if argv is None else argv)])
     except (ValueError, RuntimeError) as exc:
         ap.error(str(exc))
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]

@@ -264,16 +264,18 @@ cli.add_command(remix)
 
 
 def main() -> None:
-    """The ``stemcli`` console command: heavy commands re-run once under tcmalloc when it is
-    installed (:mod:`stemcli.allocator`), then Click takes over."""
+    """The ``stemcli`` console command (and ``python -m stemcli``): a heavy command re-runs once
+    under tcmalloc when it is installed (:mod:`stemcli.allocator`), then Click takes over.  A
+    program calling this function with its own ``sys.argv`` is never re-executed."""
     from stemcli import allocator
 
     args = sys.argv[1:]
-    try:
-        allocator.maybe_reexec(args[0] if args and not args[0].startswith("-") else None)
-    except (ValueError, OSError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+    if allocator.own_command_line():
+        try:
+            allocator.maybe_reexec(args[0] if args and not args[0].startswith("-") else None)
+        except ValueError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
     cli(prog_name="stemcli")
 
 

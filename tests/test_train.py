@@ -371,3 +371,30 @@ def test_resume_keeps_the_runs_settings_and_records_new_ones(tiny_musdb: Path, t
     assert any("batch 2 x 0.4 s" in line for line in lines)
     with pytest.raises(ValueError, match="trained with seed 5, not 0"):
         train("mmdense", tiny_musdb, cut, steps=9, resume=True, seed=0, log=lambda m: None, **kw)
+
+
+def test_the_command_trains_under_tcmalloc_and_records_it(tiny_musdb: Path, tmp_path: Path) -> None:
+    """`python -m stemcli train` re-runs itself under tcmalloc (when installed), logs it and
+    writes it into the run's hyperparameters; resuming under another allocator appends it."""
+    import subprocess
+    import sys
+
+    from stemcli import allocator
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "run"
+    base = [sys.executable, "-m", "stemcli", "train", "mmdense", "--data", str(tiny_musdb), "--out", str(out),
+            "--batch", "2", "--seconds", "0.5", "--threads", "1", "--val-every", "100", "--config", str(cfg)]
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "STEMCLI_ALLOCATOR", allocator.MARK)}
+    want = "tcmalloc" if allocator.find_tcmalloc() else "system"
+    r = subprocess.run(base + ["--steps", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"allocator {want}" in r.stdout + r.stderr
+    assert json.loads((out / "config.json").read_text())["hyperparameters"]["allocator"] == want
+    r = subprocess.run(base + ["--steps", "2", "--resume"], capture_output=True, text=True,
+                       env={**env, "STEMCLI_ALLOCATOR": "system"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "allocator system" in r.stdout + r.stderr
+    hyper = json.loads((out / "config.json").read_text())["hyperparameters"]
+    assert hyper["allocator"] == ("tcmalloc+system" if want == "tcmalloc" else "system")

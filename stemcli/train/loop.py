@@ -348,9 +348,8 @@ def train(
             raise ValueError(f"{cfg_path}: the run's model config differs from the given overrides; "
                              "resume without them or use a new --out")
         run_cfg["hyperparameters"].update({"steps": steps, "minutes": minutes})
-        used = hyper.get("allocator")  # training speed depends on it (stemcli.allocator)
-        if used and active_allocator() not in used.split("+"):
-            hyper["allocator"] = f"{used}+{active_allocator()}"
+        used = hyper.get("allocator", "system")  # speed depends on it (runs from before it was recorded: glibc)
+        hyper["allocator"] = used if active_allocator() in used.split("+") else f"{used}+{active_allocator()}"
         run_cfg.setdefault("commands", []).append(command_line())
         card = data_card(data)
         if card.get("root") != run_cfg["data"].get("root"):  # fine-tuning on other data: keep the history
