@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from stemcli.transforms import CQT, ISTFT, STFT, Spectrogram, istft_native, stft_native
+from stemcli.transforms import CQT, ISTFT, STFT, Spectrogram, istft_frames, istft_native, stft_native
 
 torch.set_num_threads(1)
 CONFIGS = [(2048, 1024), (2048, 512), (1024, 256), (16, 4)]
@@ -148,3 +148,29 @@ def test_native_fft_pair_equals_the_modules(n_fft: int, hop: int, length: int) -
         assert y_got.shape == x.shape
         assert torch.max(torch.abs(y_got - y_want)) < 1e-5
     assert torch.max(torch.abs(istft_native(stft_native(x, n_fft, hop), n_fft, hop, length) - x)) < 1e-5
+
+
+@pytest.mark.parametrize("n_fft,hop", [(4096, 1024), (2048, 512), (1024, 512)])
+@pytest.mark.parametrize("nbins", [None, 300])
+def test_istft_frames_equals_torch_istft_values_and_gradients(n_fft: int, hop: int, nbins: int | None) -> None:
+    """istft_frames (frames-major, used in training) gives torch.istft's samples and gradients."""
+    g = torch.Generator().manual_seed(n_fft + (nbins or 0))
+    full, frames, length = n_fft // 2 + 1, 23, 20 * hop + 37
+    nb = nbins or full
+    spec = torch.complex(torch.randn(3, 2, frames, nb, generator=g, dtype=torch.float64),
+                         torch.randn(3, 2, frames, nb, generator=g, dtype=torch.float64)).requires_grad_()
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    padded = torch.nn.functional.pad(spec, (0, full - nb)).transpose(-1, -2).reshape(6, full, frames)
+    want = torch.istft(padded, n_fft, hop, window=window, center=True, length=length).reshape(3, 2, length)
+    got = istft_frames(spec, n_fft, hop, length)
+    assert got.shape == (3, 2, length) and got.dtype == torch.float64
+    assert torch.max(torch.abs(got - want)) < 1e-12 * n_fft
+    weights = torch.randn(3, 2, length, generator=g, dtype=torch.float64)
+    g_want, = torch.autograd.grad((want * weights).sum(), spec)
+    g_got, = torch.autograd.grad((got * weights).sum(), spec)
+    assert torch.max(torch.abs(g_got - g_want)) < 1e-12 * n_fft
+    # float32, as in training: within float32 rounding of the float64 reference
+    got32 = istft_frames(spec.detach().to(torch.complex64), n_fft, hop, length)
+    assert got32.dtype == torch.float32 and torch.max(torch.abs(got32.double() - want.detach())) < 1e-5
+    with pytest.raises(ValueError, match="more than n_fft/2"):
+        istft_frames(torch.zeros(1, 4, full + 1, dtype=torch.complex64), n_fft, hop, 100)

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stemcli.transforms import ISTFT, STFT, istft_native, stft_native
+from stemcli.transforms import ISTFT, STFT, istft_frames, stft_native
 
 MAG_EPS = 1e-10  # magnitude = sqrt(re^2 + im^2 + MAG_EPS)
 
@@ -530,8 +530,11 @@ class MMDenseNet(nn.Module):
         spec = stft_native(wave, n_fft, hop, self.max_bin).transpose(-1, -2)  # [B, C, F, max_bin]
         mag = torch.sqrt(spec.real.square() + spec.imag.square() + MAG_EPS)
         m = self.masks_from_log(torch.log1p(mag))
-        # bins above max_bin go to the last source (the residual): they are never computed
-        est = istft_native((spec.unsqueeze(1) * m).transpose(-1, -2), n_fft, hop, t)  # [B, S-1, C, T]
+        # bins above max_bin go to the last source (the residual): they are never computed.
+        # Masked as (real, imag) pairs, inverted frames-major: no complex copy of the masks, no
+        # transposes of the spectrogram or its gradient (istft_frames)
+        masked = torch.view_as_complex(torch.view_as_real(spec).unsqueeze(1) * m.unsqueeze(-1))
+        est = istft_frames(masked, n_fft, hop, t)  # [B, S-1, C, T]
         return torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
 
     def _forward_exportable(self, wave: torch.Tensor) -> torch.Tensor:
