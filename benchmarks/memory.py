@@ -73,12 +73,12 @@ def main() -> None:
                     help="memory allocator of the separating processes (default auto: tcmalloc if "
                          "installed, as `stemcli separate`)")
     args = ap.parse_args()
-    from stemcli.allocator import find_tcmalloc
+    from stemcli.allocator import resolve
 
-    if args.allocator == "auto":
-        args.allocator = "tcmalloc" if find_tcmalloc() else "system"
-    elif args.allocator == "tcmalloc" and not find_tcmalloc():
-        ap.error("tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4)")
+    try:
+        args.allocator = resolve(args.allocator)
+    except ValueError as exc:
+        ap.error(str(exc))
     print(f"allocator: {args.allocator}")
     with tempfile.TemporaryDirectory(prefix="stemcli-mem-") as tmp:
         rows = []

@@ -79,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             rest, _, alloc = rest.rpartition("%")
         else:
             alloc = a.allocator
-        if alloc == "auto":
-            alloc = "tcmalloc" if allocator.find_tcmalloc() else "system"
         try:
-            allocator.child_env(alloc)
+            alloc = allocator.resolve(alloc)
         except ValueError as exc:
             sys.exit(f"error: configuration '{c}': {exc}")
         model, _, tree = rest.partition("@")

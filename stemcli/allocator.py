@@ -119,31 +119,38 @@ def plan(command: str | None, env: Mapping[str, str], found: str | None) -> tupl
     return lib, " ".join([lib, *entries])
 
 
-def child_env(choice: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child process that should run with ``choice`` (``"tcmalloc"``,
-    ``"system"``, or ``"auto"``: tcmalloc if installed), from ``base`` (default
-    ``os.environ``); for benchmarks comparing the two.
+def resolve(choice: str) -> str:
+    """``"tcmalloc"`` or ``"system"`` for a benchmark's ``--allocator`` choice (``"auto"``:
+    tcmalloc if installed).
 
     Raises:
         ValueError: unknown choice, or tcmalloc asked for and not installed.
     """
+    if choice not in ("auto", "tcmalloc", "system"):
+        raise ValueError(f"unknown allocator '{choice}' (choose tcmalloc, system or auto)")
+    installed = find_tcmalloc() is not None
+    if choice == "tcmalloc" and not installed:
+        raise ValueError("tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4)")
+    return choice if choice != "auto" else ("tcmalloc" if installed else "system")
+
+
+def child_env(choice: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process that should run with ``choice`` (see
+    :func:`resolve`), from ``base`` (default ``os.environ``); for benchmarks comparing the two.
+
+    Raises:
+        ValueError: as :func:`resolve`.
+    """
     env = dict(os.environ if base is None else base)
     env.pop(MARK, None)
     kept = [p for p in _entries(env.get("LD_PRELOAD", "")) if "libtcmalloc" not in p]
-    lib = find_tcmalloc()
-    if choice == "auto":
-        choice = "tcmalloc" if lib is not None else "system"
-    if choice == "system":
+    if resolve(choice) == "system":
         env[ENV] = "system"
-    elif choice == "tcmalloc":
-        if lib is None:
-            raise ValueError("tcmalloc is not installed (Debian: apt-get install libtcmalloc-minimal4)")
-        kept.insert(0, lib)
+    else:
+        kept.insert(0, str(find_tcmalloc()))
         env.pop(ENV, None)
         for key, value in QUIET.items():
             env.setdefault(key, value)
-    else:
-        raise ValueError(f"unknown allocator '{choice}' (choose tcmalloc, system or auto)")
     if kept:
         env["LD_PRELOAD"] = " ".join(kept)
     else:
@@ -151,23 +158,24 @@ def child_env(choice: str, base: Mapping[str, str] | None = None) -> dict[str, s
     return env
 
 
-def _exec(args: Sequence[str], env: Mapping[str, str]) -> None:
+def _exec(argv: Sequence[str] | None, env: Mapping[str, str]) -> None:
+    """Replace this process by ``argv`` (default: this interpreter's own command line)."""
+    args = list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(args[0], list(args), dict(env))
+    os.execve(args[0], args, dict(env))
 
 
 def ensure(choice: str, argv: Sequence[str] | None = None) -> str:
-    """Make this process run with ``choice`` (``"tcmalloc"``, ``"system"`` or ``"auto"``):
-    return the allocator in use if it does, else re-execute ``argv`` (default: this
-    interpreter's command line) under it, once.
+    """Make this process run with ``choice`` (see :func:`resolve`): return the allocator in
+    use if it does, else re-execute ``argv`` (default: this interpreter's command line) under
+    it, once.
 
     Raises:
-        ValueError: as :func:`child_env`.
+        ValueError: as :func:`resolve`.
         RuntimeError: the re-executed process still runs with the other allocator.
     """
-    if choice == "auto":
-        choice = "tcmalloc" if find_tcmalloc() is not None else "system"
+    choice = resolve(choice)
     if active() == choice:
         os.environ.pop(MARK, None)  # not inherited by this process's children
         return choice
@@ -176,7 +184,7 @@ def ensure(choice: str, argv: Sequence[str] | None = None) -> str:
                            f"but the allocator is still {active()}")
     env = child_env(choice)
     env[MARK] = choice
-    _exec(list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]], env)
+    _exec(argv, env)
     return choice  # not reached
 
 
@@ -211,7 +219,7 @@ def maybe_reexec(command: str | None, argv: Sequence[str] | None = None) -> None
         for key, value in QUIET.items():
             env.setdefault(key, value)
     try:
-        _exec(list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]], env)
+        _exec(argv, env)
     except OSError as exc:
         print(f"warning: could not restart under {lib} ({exc}); running with the current allocator", file=sys.stderr)
 

@@ -143,15 +143,21 @@ def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
 CACHED_FRAMES = 2048  # envelopes up to this many frames are kept (8 MB each at hop 1024; a part has ~800)
 
 
-def _envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
-    """The window-square overlap-add envelope of ``frames`` frames, floored at 1e-8:
-    [shape=(frames + n_fft / hop - 1, hop)] float32."""
+def ola_envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
+    """The window-square overlap-add envelope of ``frames`` Hann frames, floored at 1e-8 (only
+    the trimmed ends come near it): [shape=(frames + n_fft / hop - 1, hop)] float64.  Shared
+    with training's inverse (:func:`stemcli.transforms.istft_frames`)."""
     ratio = n_fft // hop
     env = np.zeros((frames + ratio - 1, hop))
     wsq = (hann(n_fft) ** 2).reshape(ratio, hop)
     for j in range(ratio):
         env[j : j + frames] += wsq[j]
-    return np.maximum(env, 1e-8).astype(np.float32)
+    return np.maximum(env, 1e-8)
+
+
+def _envelope(n_fft: int, hop: int, frames: int) -> np.ndarray:
+    """:func:`ola_envelope` as float32."""
+    return ola_envelope(n_fft, hop, frames).astype(np.float32)
 
 
 @lru_cache(maxsize=4)

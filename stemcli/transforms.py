@@ -334,14 +334,11 @@ def istft_frames(spec: torch.Tensor, n_fft: int, hop: int, length: int) -> torch
 
 @lru_cache(maxsize=8)
 def _ola_envelope(n_fft: int, hop: int, frames: int) -> torch.Tensor:
-    """Window-square overlap-add envelope of ``frames`` Hann frames, floored at 1e-8 (only the
-    trimmed ends come near it): [shape=(frames + n_fft / hop - 1, hop)] float64 (cast per use)."""
-    ratio = n_fft // hop
-    wsq = (torch.hann_window(n_fft, periodic=True, dtype=torch.float64) ** 2).reshape(ratio, hop)
-    env = torch.zeros(frames + ratio - 1, hop, dtype=torch.float64)
-    for j in range(ratio):
-        env[j : j + frames] += wsq[j]
-    return env.clamp_min(1e-8)
+    """:func:`stemcli.spectral.ola_envelope` as a float64 tensor (cast per use), kept for the
+    next step of the same size."""
+    from stemcli.spectral import ola_envelope
+
+    return torch.from_numpy(ola_envelope(n_fft, hop, frames))
 
 
 class Spectrogram(nn.Module):
