@@ -165,7 +165,7 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, config, log).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--minutes", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Stop after this wall-clock time.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Excerpts per step.  [default: 8]")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Excerpts per step.  [default: 4]")
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=None, help="Excerpt length.  [default: 3.0]")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None, help="[default: 0]")

@@ -49,7 +49,7 @@ def tiny_musdb(tmp_path_factory) -> Path:
 
 
 def _run(data: Path, out: Path, steps: int, resume: bool = False, log=lambda s: None) -> list[dict]:
-    train("mmdense", data, out, steps=steps, batch=4, seconds=0.5, lr=3e-3, threads=1, seed=0,
+    train("mmdense", data, out, steps=steps, seconds=0.5, lr=3e-3, threads=1, seed=0,  # batch: the default, 4
           val_every=10, val_excerpts=2, val_seconds=1.0, save_every=5, log_every=1, config=TINY,
           resume=resume, log=log)
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

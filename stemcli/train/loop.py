@@ -60,7 +60,7 @@ SILENT = 1e-6  # mean-square below which a validation stem counts as silent
 PRECISIONS = ("float32", "bfloat16")  # of the training forward pass (autocast), see the module doc
 # settings a resumed run keeps unless given again; a different value given on resume applies
 # from the resumed step on and is recorded in the run's config ("changes")
-RESUMABLE = {"batch": 8, "seconds": 3.0, "lr": 1e-3, "precision": "float32"}
+RESUMABLE = {"batch": 4, "seconds": 3.0, "lr": 1e-3, "precision": "float32"}
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -262,7 +262,9 @@ def train(
         steps: stop after this many optimizer steps (total, counting resumed ones).
         minutes: stop after this much training wall-clock time (total over sessions, validation
             and checkpoint writing excluded).
-        batch: excerpts per step (default 8).
+        batch: excerpts per step (default 4: on a CPU a smaller batch makes more steps per
+            minute, and both architectures trained better in a fixed time at 4 than at 8;
+            export/README.md, "Sessions 18-19").
         resume: continue from ``out/checkpoint.pt``; without it an existing checkpoint is an error.
             ``batch``, ``seconds``, ``lr`` and ``precision`` left at None keep the run's; a
             different value applies from the resumed step on and is logged and recorded in the
