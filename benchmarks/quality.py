@@ -13,6 +13,14 @@ the gap to the oracle; ``--json`` writes everything, ``--plot`` the box plots of
 
     .venv/bin/python benchmarks/quality.py --baseline /work/runs/umx/umx.json --json benchmarks/results/quality.json
     .venv/bin/python benchmarks/quality.py --tracks 2 ...      # a quick look (not the quoted numbers)
+
+The baseline is a 140 MB run that a fresh machine does not have: ``--baseline-results FILE``
+reuses its per-track scores from an earlier run's ``--json`` (or a ``stemcli evaluate --json``
+file of the baseline) instead of separating again, after checking that they were taken on the
+same tracks (names, lengths, and the mixtures' sha256 where both runs recorded it) with the same
+``--wiener``; the medians are taken again over the tracks of this run.
+
+    .venv/bin/python benchmarks/quality.py --baseline-results benchmarks/results/quality.json ...
 """
 
 from __future__ import annotations
@@ -58,6 +66,54 @@ def training_summary(card: dict[str, Any] | None) -> str:
     return ", ".join(parts) or "card has no training time"
 
 
+def reuse_baseline(path: Path, tracks: list[dict[str, Any]], wiener: int) -> dict[str, Any]:
+    """The baseline's scores on ``tracks`` (this run's ``result["tracks"]``) from an earlier
+    run's JSON: a ``quality.py --json`` file (its ``baseline``) or a ``stemcli evaluate --json``
+    file.  Medians over tracks are taken again over ``tracks``.
+
+    Raises:
+        ValueError: naming ``path``: unreadable, no baseline in it, a track missing or different
+            (length, rate, channels, or mixture sha256 where both recorded one), another ``--wiener``.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read baseline results ({exc})") from None
+    res = doc.get("baseline") if isinstance(doc, dict) and "table" in doc else doc
+    if not isinstance(res, dict) or not isinstance(res.get("per_track"), dict):
+        raise ValueError(f"{path}: no baseline results in it (expected a quality.py --json file with a "
+                         "baseline, or a stemcli evaluate --json file)")
+    saved = {t.get("name"): t for t in res.get("tracks", []) if isinstance(t, dict)}
+    missing = [t["name"] for t in tracks if t["name"] not in res["per_track"]]
+    if missing:
+        raise ValueError(f"{path}: no baseline scores for track(s) {', '.join(missing[:5])}")
+    for t in tracks:
+        old = saved.get(t["name"], {})
+        keys = [k for k in ("seconds", "sample_rate", "channels", "mixture_sha256") if k in old and k in t]
+        differ = [k for k in keys if old[k] != t[k]]
+        if differ:
+            raise ValueError(f"{path}: track {t['name']} differs from the data ({', '.join(differ)}): "
+                             "these scores were taken on other audio")
+    used = int((res.get("settings") or {}).get("wiener", 0))
+    if used != int(wiener):
+        raise ValueError(f"{path}: the baseline was scored with --wiener {used}, this run uses --wiener {wiener}")
+    from stemcli.evaluate import aggregate
+
+    per_track = {t["name"]: res["per_track"][t["name"]] for t in tracks}
+    per_stem = aggregate(per_track)
+    source = {"file": str(path), **({"command": doc["command"]} if isinstance(doc.get("command"), str) else {})}
+    return {**res, "tracks": [saved.get(t["name"], t) for t in tracks], "per_track": per_track,
+            "per_stem": per_stem, "stems": list(per_stem), "reused_from": source}
+
+
+def _reused(res: dict[str, Any] | None) -> str:
+    """How a reused baseline was measured, for the summary line and the card."""
+    src = (res or {}).get("reused_from")
+    if not src:
+        return "n/a"
+    return f"scores reused from {src['file']}" + (f" (measured by: {src['command']})" if src.get("command") else "")
+
+
 def _fmt(x: float, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -70,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--model", default="mmdense", help="default model: name, card .json or .onnx")
     ap.add_argument("--baseline", default=None, help="Open-Unmix baseline: card .json / .onnx path or registered name")
+    ap.add_argument("--baseline-results", type=Path, default=None,
+                    help="reuse the baseline's scores from an earlier quality.py or stemcli evaluate --json "
+                         "file instead of running it (checked to be on the same tracks)")
     ap.add_argument("--backend", default=None, help="onnx (default) or torch")
     ap.add_argument("--tracks", type=int, default=None, help="only the first N tracks (quick look)")
     ap.add_argument("--wiener", type=int, default=0,
@@ -80,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="box plots of the default model (with the oracle)")
     ap.add_argument("--update-card", type=Path, help="merge the SDR table into this model card's 'metrics.sdr'")
     args = ap.parse_args(argv)
+    if args.baseline and args.baseline_results:
+        ap.error("give --baseline or --baseline-results, not both")
 
     sys.path.insert(0, str(REPO))
     from stemcli.evaluate import evaluate
@@ -96,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         print(f"\n== baseline: {args.baseline} ==", flush=True)
         base_res = evaluate(args.baseline, **common)
+    elif args.baseline_results:
+        try:
+            base_res = reuse_baseline(args.baseline_results, main_res["tracks"], args.wiener)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"\n== baseline: {base_res.get('model')} (scores reused from {args.baseline_results}) ==", flush=True)
     else:
         print("\nno --baseline given: the Open-Unmix comparison is skipped", file=sys.stderr)
 
@@ -117,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s:<8} {_fmt(sdr):>8} {_fmt(base):>9} {_fmt(delta, True):>7} {verdict:>9} {_fmt(ora):>7} "
               f"{_fmt(ora - sdr):>6}")
     print(f"\ntraining: default: {training_summary(card)}; baseline: "
-          f"{training_summary(card_for(args.baseline)) if args.baseline else 'n/a'}")
+          f"{training_summary(card_for(args.baseline)) if args.baseline else _reused(base_res)}")
 
     if args.json:
         from stemcli.evaluate import write_json
@@ -143,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "method": "museval v4, 1 s frames, median over frames then tracks (dB)",
             "per_stem": {s: {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else round(v, 2))
                              for k, v in r.items() if k != "pass"} for s, r in rows.items()},
-            "baseline": str(args.baseline) if args.baseline else None,
+            "baseline": str(args.baseline) if args.baseline else _reused(base_res) if base_res else None,
             "oracle": main_res["settings"]["oracle"],
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
         }})

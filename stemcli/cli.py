@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from stemcli import __version__
+from stemcli.train import PRECISIONS
+from stemcli.train import RESUMABLE as TRAIN_DEFAULTS
 
 
 def _fail(exc: BaseException) -> click.ClickException:
@@ -165,11 +167,11 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoints, config, log).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--minutes", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Stop after this wall-clock time.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Excerpts per step.  [default: 4]")
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=None, help="Excerpt length.  [default: 3.0]")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help=f"Excerpts per step.  [default: {TRAIN_DEFAULTS['batch']}]")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=None, help=f"Excerpt length.  [default: {TRAIN_DEFAULTS['seconds']}]")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None, help="[default: 0]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate.  [default: 0.001]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help=f"Adam learning rate.  [default: {TRAIN_DEFAULTS['lr']}]")
 @click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True, help="Validate every N steps.")
 @click.option("--resume", is_flag=True, help="Continue from the run folder's last checkpoint, with its --batch, --seconds, "
               "--lr, --precision and --seed unless given (a new --batch/--seconds/--lr/--precision applies from "
@@ -178,9 +180,9 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
               help="JSON file of architecture overrides, e.g. {\"low\": {\"lstm\": 64}} (nested keys merge).")
 @click.option("--loss-weight", "loss_weight", multiple=True, metavar="SOURCE=W",
               help="Weight of one source in the L1 loss, e.g. drums=2 (repeatable; others weigh 1).")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Forward pass precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16/AMX "
-                   "(weights, validation and export stay float32).  [default: float32]")
+                   f"(weights, validation and export stay float32).  [default: {TRAIN_DEFAULTS['precision']}]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
           loss_weight, precision) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""

@@ -18,6 +18,7 @@ Nothing here imports torch: a model separator brings its own backend.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -255,6 +256,12 @@ def bss_eval(
     return {s: {m: np.asarray(values[m][i], dtype=np.float64) for m in METRICS} for i, s in enumerate(stems)}
 
 
+def audio_fingerprint(audio: np.ndarray) -> str:
+    """sha256 of the decoded samples as little-endian float32 (the same for a WAV and a FLAC of
+    the same audio): identifies a track's mixture in saved results, see ``benchmarks/quality.py``."""
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype="<f4").tobytes()).hexdigest()
+
+
 def nanmedian(values: Iterable[float]) -> float:
     """Median ignoring NaN (inf kept); NaN when nothing is left."""
     arr = np.asarray(list(values), dtype=np.float64)
@@ -420,7 +427,8 @@ def evaluate(
         mixture, rate, refs = read_track(folder)
         channels, n = mixture.shape
         available = list(refs)
-        track_info.append({"name": folder.name, "seconds": n / rate, "sample_rate": rate, "channels": channels})
+        track_info.append({"name": folder.name, "seconds": n / rate, "sample_rate": rate, "channels": channels,
+                           "mixture_sha256": audio_fingerprint(mixture)})
         if not use_oracle_only:
             if estimates is not None:
                 est_dir = Path(estimates) / folder.name
@@ -462,6 +470,7 @@ def evaluate(
             "window_seconds": window,
             "hop_seconds": window,
             "aggregate": "median over frames (NaN ignored), then median over tracks",
+            **({"wiener": int(wiener)} if wiener and not use_oracle_only and estimates is None else {}),
             **({"oracle": oracle_settings} if run_oracle else {}),
         },
         "per_track": per_track,

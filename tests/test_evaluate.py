@@ -392,3 +392,68 @@ def test_phase_sensitive_oracle_separator() -> None:
     np.testing.assert_allclose(out["accompaniment"], 0.0, atol=1e-4)
     with pytest.raises(ValueError, match="unknown oracle mask 'ibm'"):
         OracleSeparator(refs, ["vocals", "accompaniment"], SR, mask="ibm")
+
+
+def _quality_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_record_the_mixture_fingerprint(two: Path, tmp_path: Path) -> None:
+    from stemcli.evaluate import audio_fingerprint
+
+    res = evaluate(None, two, estimates=write_estimates(two, tmp_path / "e", lambda s: s), progress=False,
+                   echo=lambda _: None)
+    for info in res["tracks"]:
+        mix = sf.read(two / "test" / info["name"] / "mixture.wav", dtype="float32")[0].T
+        assert info["mixture_sha256"] == audio_fingerprint(mix)
+    assert audio_fingerprint(np.zeros((2, 4), np.float32)) != audio_fingerprint(np.zeros((2, 5), np.float32))
+
+
+def test_quality_benchmark_reuses_baseline_scores_only_on_the_same_tracks(two: Path, tmp_path: Path) -> None:
+    """benchmarks/quality.py --baseline-results: the saved per-track scores, medians taken again
+    over this run's tracks; refused for other audio, missing tracks or another --wiener."""
+    q = _quality_script()
+    quiet = dict(progress=False, echo=lambda _: None)
+    leaky = evaluate(None, two, estimates=write_estimates(two, tmp_path / "a", lambda s: {
+        "vocals": s["vocals"] + 0.2 * s["accompaniment"], "accompaniment": s["accompaniment"]}), **quiet)
+    saved = tmp_path / "quality.json"
+    saved.write_text(json.dumps({"command": "quality.py --baseline RUN", "table": {}, "baseline": leaky}))
+
+    back = q.reuse_baseline(saved, leaky["tracks"], 0)
+    assert back["per_stem"] == leaky["per_stem"] and back["reused_from"]["command"] == "quality.py --baseline RUN"
+    one = q.reuse_baseline(saved, leaky["tracks"][1:], 0)  # a subset: medians over that track alone
+    name = leaky["tracks"][1]["name"]
+    assert list(one["per_track"]) == [name]
+    assert one["per_stem"]["vocals"]["SDR"] == pytest.approx(leaky["per_track"][name]["vocals"]["SDR"])
+    evaluate_json = tmp_path / "eval.json"  # a plain `stemcli evaluate --json` file works too
+    evaluate_json.write_text(json.dumps(leaky))
+    assert q.reuse_baseline(evaluate_json, leaky["tracks"], 0)["per_stem"] == leaky["per_stem"]
+
+    other_audio = [dict(t, mixture_sha256="0" * 64) for t in leaky["tracks"]]
+    with pytest.raises(ValueError, match="mixture_sha256.*other audio"):
+        q.reuse_baseline(saved, other_audio, 0)
+    longer = [dict(t, seconds=t["seconds"] + 1) for t in leaky["tracks"]]
+    with pytest.raises(ValueError, match="seconds"):
+        q.reuse_baseline(saved, longer, 0)
+    with pytest.raises(ValueError, match="no baseline scores for track.*nosuch"):
+        q.reuse_baseline(saved, [*leaky["tracks"], {"name": "nosuch"}], 0)
+    with pytest.raises(ValueError, match="--wiener 0, this run uses --wiener 1"):
+        q.reuse_baseline(saved, leaky["tracks"], 1)
+    (tmp_path / "junk.json").write_text("{")
+    with pytest.raises(ValueError, match="junk.json: cannot read"):
+        q.reuse_baseline(tmp_path / "junk.json", leaky["tracks"], 0)
+    with pytest.raises(SystemExit):
+        q.main(["--baseline", "umx", "--baseline-results", str(saved)])
+
+
+def test_the_wiener_setting_is_recorded_with_the_scores(two: Path) -> None:
+    """What --baseline-results compares: a post-filtered run says so in its settings."""
+    quiet = dict(progress=False, echo=lambda _: None, tracks=["track1"])
+    assert "wiener" not in evaluate(SplitAt1k(), two, **quiet)["settings"]
+    assert evaluate(SplitAt1k(), two, wiener=1, **quiet)["settings"]["wiener"] == 1

@@ -398,3 +398,19 @@ def test_the_command_trains_under_tcmalloc_and_records_it(tiny_musdb: Path, tmp_
     assert "allocator system" in r.stdout + r.stderr
     hyper = json.loads((out / "config.json").read_text())["hyperparameters"]
     assert hyper["allocator"] == ("tcmalloc+system" if want == "tcmalloc" else "system")
+
+
+def test_cli_help_shows_the_defaults_the_loop_uses() -> None:
+    """`stemcli train --help` reads its defaults from the table the loop applies, so a changed
+    default cannot leave the help text behind."""
+    from click.testing import CliRunner
+
+    import stemcli.train
+    import stemcli.train.loop as loop
+    from stemcli.cli import cli
+
+    assert loop.RESUMABLE is stemcli.train.RESUMABLE and loop.PRECISIONS is stemcli.train.PRECISIONS
+    text = " ".join(CliRunner().invoke(cli, ["train", "--help"], terminal_width=400).output.split())
+    for key in ("batch", "seconds", "lr", "precision"):
+        assert f"[default: {stemcli.train.RESUMABLE[key]}]" in text
+    assert "[float32|bfloat16]" in text

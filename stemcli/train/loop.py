@@ -54,13 +54,9 @@ import torch
 from stemcli.allocator import active as active_allocator
 from stemcli.data.datasets import StemDataset
 from stemcli.modelcard import command_line
-from stemcli.train import archs
+from stemcli.train import PRECISIONS, RESUMABLE, archs
 
 SILENT = 1e-6  # mean-square below which a validation stem counts as silent
-PRECISIONS = ("float32", "bfloat16")  # of the training forward pass (autocast), see the module doc
-# settings a resumed run keeps unless given again; a different value given on resume applies
-# from the resumed step on and is recorded in the run's config ("changes")
-RESUMABLE = {"batch": 4, "seconds": 3.0, "lr": 1e-3, "precision": "float32"}
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
