@@ -66,44 +66,93 @@ def training_summary(card: dict[str, Any] | None) -> str:
     return ", ".join(parts) or "card has no training time"
 
 
-def reuse_baseline(path: Path, tracks: list[dict[str, Any]], wiener: int) -> dict[str, Any]:
-    """The baseline's scores on ``tracks`` (this run's ``result["tracks"]``) from an earlier
-    run's JSON: a ``quality.py --json`` file (its ``baseline``) or a ``stemcli evaluate --json``
-    file.  Medians over tracks are taken again over ``tracks``.
+def _wiener_of(res: dict[str, Any], command: str | None) -> int:
+    """The ``--wiener`` a saved result was scored with: its ``settings`` (recorded since the
+    key exists, 0 included), else the ``--wiener N`` of the command that wrote the file, else 0."""
+    settings = res.get("settings") or {}
+    if "wiener" in settings:
+        return int(settings["wiener"])
+    words = (command or "").split()
+    for i, w in enumerate(words):
+        if w == "--wiener" and i + 1 < len(words):
+            return int(words[i + 1])
+        if w.startswith("--wiener="):
+            return int(w.split("=", 1)[1])
+    return 0
+
+
+def load_baseline(path: Path, wiener: int) -> dict[str, Any]:
+    """A baseline's saved scores: the ``baseline`` of a ``quality.py --json`` file or a whole
+    ``stemcli evaluate --json`` file, checked to be scored with ``wiener`` post-filter iterations.
+    Read before the default model runs, so a wrong file fails at once.
 
     Raises:
-        ValueError: naming ``path``: unreadable, no baseline in it, a track missing or different
-            (length, rate, channels, or mixture sha256 where both recorded one), another ``--wiener``.
+        ValueError: naming ``path``: unreadable, no baseline in it, malformed, another ``--wiener``.
     """
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: cannot read baseline results ({exc})") from None
     res = doc.get("baseline") if isinstance(doc, dict) and "table" in doc else doc
-    if not isinstance(res, dict) or not isinstance(res.get("per_track"), dict):
+    if not isinstance(res, dict) or not isinstance(res.get("per_track"), dict) or not res["per_track"]:
         raise ValueError(f"{path}: no baseline results in it (expected a quality.py --json file with a "
                          "baseline, or a stemcli evaluate --json file)")
-    saved = {t.get("name"): t for t in res.get("tracks", []) if isinstance(t, dict)}
-    missing = [t["name"] for t in tracks if t["name"] not in res["per_track"]]
-    if missing:
-        raise ValueError(f"{path}: no baseline scores for track(s) {', '.join(missing[:5])}")
-    for t in tracks:
-        old = saved.get(t["name"], {})
-        keys = [k for k in ("seconds", "sample_rate", "channels", "mixture_sha256") if k in old and k in t]
-        differ = [k for k in keys if old[k] != t[k]]
-        if differ:
-            raise ValueError(f"{path}: track {t['name']} differs from the data ({', '.join(differ)}): "
-                             "these scores were taken on other audio")
-    used = int((res.get("settings") or {}).get("wiener", 0))
+    if not isinstance(res.get("tracks"), list) or not all(isinstance(t, dict) and "name" in t for t in res["tracks"]):
+        raise ValueError(f"{path}: the baseline results have no list of tracks")
+    command = doc.get("command") if isinstance(doc.get("command"), str) else None
+    try:
+        used = _wiener_of(res, command)
+    except (TypeError, ValueError, AttributeError):
+        raise ValueError(f"{path}: unreadable --wiener setting in the baseline results") from None
     if used != int(wiener):
         raise ValueError(f"{path}: the baseline was scored with --wiener {used}, this run uses --wiener {wiener}")
-    from stemcli.evaluate import aggregate
+    # a file that itself reused scores names the run that measured them
+    source = res.get("reused_from") or {"file": str(path), **({"command": command} if command else {})}
+    return {**res, "reused_from": source}
 
-    per_track = {t["name"]: res["per_track"][t["name"]] for t in tracks}
-    per_stem = aggregate(per_track)
-    source = {"file": str(path), **({"command": doc["command"]} if isinstance(doc.get("command"), str) else {})}
-    return {**res, "tracks": [saved.get(t["name"], t) for t in tracks], "per_track": per_track,
-            "per_stem": per_stem, "stems": list(per_stem), "reused_from": source}
+
+def reuse_baseline(saved: dict[str, Any], tracks: list[dict[str, Any]], note: Any = None) -> dict[str, Any]:
+    """The saved baseline (:func:`load_baseline`) on ``tracks`` (this run's ``result["tracks"]``),
+    medians over tracks taken again over them.  Each track must be in the file with the same
+    length, rate and channels, and the same mixture sha256 where both runs recorded one (files
+    written before the key existed have none: ``note`` is told that only names and lengths were
+    compared).
+
+    Raises:
+        ValueError: naming the file: a track missing, or different.
+    """
+    where = saved["reused_from"]["file"]
+    info = {t["name"]: t for t in saved["tracks"]}
+    missing = [t["name"] for t in tracks if t["name"] not in saved["per_track"] or t["name"] not in info]
+    if missing:
+        raise ValueError(f"{where}: no baseline scores for track(s) {', '.join(missing[:5])}")
+    unhashed = []
+    for t in tracks:
+        old = info[t["name"]]
+        differ = [k for k in ("seconds", "sample_rate", "channels", "mixture_sha256")
+                  if (k in old or k in t) and (k != "mixture_sha256" or (k in old and k in t)) and old.get(k) != t.get(k)]
+        if differ:
+            raise ValueError(f"{where}: track {t['name']} differs from the data ({', '.join(differ)}): "
+                             "these scores were taken on other audio")
+        if "mixture_sha256" not in old or "mixture_sha256" not in t:
+            unhashed.append(t["name"])
+    if unhashed and note is not None:
+        note(f"note: {where} records no mixture sha256 for {len(unhashed)} of {len(tracks)} track(s): "
+             "checked names, lengths, rates and channels only")
+    from stemcli.evaluate import METRICS, aggregate
+
+    per_track = {t["name"]: saved["per_track"][t["name"]] for t in tracks}
+    for name, scores in per_track.items():
+        if not isinstance(scores, dict) or not all(isinstance(v, dict) and all(m in v for m in METRICS)
+                                                   for v in scores.values()):
+            raise ValueError(f"{where}: malformed scores for track {name} (expected stem -> {', '.join(METRICS)})")
+    try:
+        per_stem = aggregate(per_track)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: unreadable scores ({exc})") from None
+    kept = {k: v for k, v in saved.items() if k not in ("oracle", "oracle_gap", "oracle_gap_per_track", "seconds")}
+    return {**kept, "tracks": [info[t["name"]] for t in tracks], "per_track": per_track,
+            "per_stem": per_stem, "stems": list(per_stem)}
 
 
 def _reused(res: dict[str, Any] | None) -> str:
@@ -111,7 +160,8 @@ def _reused(res: dict[str, Any] | None) -> str:
     src = (res or {}).get("reused_from")
     if not src:
         return "n/a"
-    return f"scores reused from {src['file']}" + (f" (measured by: {src['command']})" if src.get("command") else "")
+    return (f"{res.get('model')}: scores reused from {src['file']}"
+            + (f" (measured by: {src['command']})" if src.get("command") else ""))
 
 
 def _fmt(x: float, signed: bool = False) -> str:
@@ -141,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.baseline and args.baseline_results:
         ap.error("give --baseline or --baseline-results, not both")
+    saved = None
+    if args.baseline_results:
+        try:
+            saved = load_baseline(args.baseline_results, args.wiener)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     sys.path.insert(0, str(REPO))
     from stemcli.evaluate import evaluate
@@ -157,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         print(f"\n== baseline: {args.baseline} ==", flush=True)
         base_res = evaluate(args.baseline, **common)
-    elif args.baseline_results:
+    elif saved is not None:
         try:
-            base_res = reuse_baseline(args.baseline_results, main_res["tracks"], args.wiener)
+            base_res = reuse_baseline(saved, main_res["tracks"], note=lambda m: print(m, file=sys.stderr))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from stemcli.evaluate import EvaluationError, evaluate, find_tracks
+from stemcli.evaluate import EvaluationError, aggregate, evaluate, find_tracks
 from stemcli.oracle import OracleSeparator, ideal_ratio_mask
 from stemcli.plugins import Separator
 
@@ -394,7 +395,7 @@ def test_phase_sensitive_oracle_separator() -> None:
         OracleSeparator(refs, ["vocals", "accompaniment"], SR, mask="ibm")
 
 
-def _quality_script():
+def _quality_script() -> ModuleType:
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
@@ -418,42 +419,69 @@ def test_results_record_the_mixture_fingerprint(two: Path, tmp_path: Path) -> No
 def test_quality_benchmark_reuses_baseline_scores_only_on_the_same_tracks(two: Path, tmp_path: Path) -> None:
     """benchmarks/quality.py --baseline-results: the saved per-track scores, medians taken again
     over this run's tracks; refused for other audio, missing tracks or another --wiener."""
+    from stemcli.evaluate import write_json
+
     q = _quality_script()
     quiet = dict(progress=False, echo=lambda _: None)
     leaky = evaluate(None, two, estimates=write_estimates(two, tmp_path / "a", lambda s: {
         "vocals": s["vocals"] + 0.2 * s["accompaniment"], "accompaniment": s["accompaniment"]}), **quiet)
-    saved = tmp_path / "quality.json"
-    saved.write_text(json.dumps({"command": "quality.py --baseline RUN", "table": {}, "baseline": leaky}))
+    first, second = (t["name"] for t in leaky["tracks"])
+    frames = leaky["per_track"][first]["vocals"]["frames"]["SDR"]
+    frames[0], frames[1] = float("nan"), float("inf")  # written as null and "inf", read back as such
+    leaky["per_track"][first]["accompaniment"]["SIR"] = float("nan")  # a silent frame set: ignored by the median
+    leaky["per_stem"] = aggregate(leaky["per_track"])
+    assert leaky["per_stem"]["accompaniment"]["SIR"] == leaky["per_track"][second]["accompaniment"]["SIR"]
+    saved = write_json({"command": "quality.py --baseline RUN", "table": {}, "baseline": leaky}, tmp_path / "q.json")
+    notes: list[str] = []
 
-    back = q.reuse_baseline(saved, leaky["tracks"], 0)
-    assert back["per_stem"] == leaky["per_stem"] and back["reused_from"]["command"] == "quality.py --baseline RUN"
-    one = q.reuse_baseline(saved, leaky["tracks"][1:], 0)  # a subset: medians over that track alone
-    name = leaky["tracks"][1]["name"]
-    assert list(one["per_track"]) == [name]
-    assert one["per_stem"]["vocals"]["SDR"] == pytest.approx(leaky["per_track"][name]["vocals"]["SDR"])
-    evaluate_json = tmp_path / "eval.json"  # a plain `stemcli evaluate --json` file works too
-    evaluate_json.write_text(json.dumps(leaky))
-    assert q.reuse_baseline(evaluate_json, leaky["tracks"], 0)["per_stem"] == leaky["per_stem"]
+    base = q.load_baseline(saved, 0)
+    back = q.reuse_baseline(base, leaky["tracks"], note=notes.append)
+    assert back["per_stem"] == leaky["per_stem"] and not notes
+    assert back["reused_from"] == {"file": str(saved), "command": "quality.py --baseline RUN"}
+    one = q.reuse_baseline(base, leaky["tracks"][1:])  # a subset: medians over that track alone
+    assert list(one["per_track"]) == [second]
+    assert one["per_stem"]["vocals"]["SDR"] == pytest.approx(leaky["per_track"][second]["vocals"]["SDR"])
+    plain = write_json(leaky, tmp_path / "eval.json")  # a `stemcli evaluate --json` file works too
+    assert q.reuse_baseline(q.load_baseline(plain, 0), leaky["tracks"])["per_stem"] == leaky["per_stem"]
 
-    other_audio = [dict(t, mixture_sha256="0" * 64) for t in leaky["tracks"]]
-    with pytest.raises(ValueError, match="mixture_sha256.*other audio"):
-        q.reuse_baseline(saved, other_audio, 0)
-    longer = [dict(t, seconds=t["seconds"] + 1) for t in leaky["tracks"]]
-    with pytest.raises(ValueError, match="seconds"):
-        q.reuse_baseline(saved, longer, 0)
+    for key, value, match in (("mixture_sha256", "0" * 64, "mixture_sha256.*other audio"),
+                              ("seconds", 4.0, "seconds"), ("sample_rate", 48000, "sample_rate"),
+                              ("channels", 1, "channels")):
+        with pytest.raises(ValueError, match=match):
+            q.reuse_baseline(base, [dict(t, **{key: value}) for t in leaky["tracks"]])
     with pytest.raises(ValueError, match="no baseline scores for track.*nosuch"):
-        q.reuse_baseline(saved, [*leaky["tracks"], {"name": "nosuch"}], 0)
+        q.reuse_baseline(base, [*leaky["tracks"], {"name": "nosuch"}])
+    no_info = dict(base, tracks=base["tracks"][:1])  # scores without the track's length: not checked, refused
+    with pytest.raises(ValueError, match=f"no baseline scores for track.*{second}"):
+        q.reuse_baseline(no_info, leaky["tracks"])
+    old = dict(base, tracks=[{k: v for k, v in t.items() if k != "mixture_sha256"} for t in base["tracks"]])
+    assert q.reuse_baseline(old, leaky["tracks"], note=notes.append)["per_stem"] == leaky["per_stem"]
+    assert notes and "no mixture sha256 for 2 of 2" in notes[0]
+    with pytest.raises(ValueError, match="malformed scores for track"):
+        q.reuse_baseline(dict(base, per_track={**base["per_track"], first: {"vocals": {"SDR": 1.0}}}), leaky["tracks"])
+
     with pytest.raises(ValueError, match="--wiener 0, this run uses --wiener 1"):
-        q.reuse_baseline(saved, leaky["tracks"], 1)
+        q.load_baseline(saved, 1)
+    filtered = dict(leaky, settings={**leaky["settings"], "wiener": 1})
+    assert q.load_baseline(write_json(filtered, tmp_path / "w.json"), 1)["settings"]["wiener"] == 1
+    unrecorded = {k: v for k, v in leaky["settings"].items() if k != "wiener"}  # files before the key: the command
+    older = write_json({"command": "quality.py --wiener 1 --baseline RUN", "table": {},
+                        "baseline": dict(leaky, settings=unrecorded)}, tmp_path / "old.json")
+    assert q.load_baseline(older, 1)["reused_from"]["command"].startswith("quality.py --wiener 1")
+    with pytest.raises(ValueError, match="--wiener 1, this run uses --wiener 0"):
+        q.load_baseline(older, 0)
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(ValueError, match="junk.json: cannot read"):
-        q.reuse_baseline(tmp_path / "junk.json", leaky["tracks"], 0)
+        q.load_baseline(tmp_path / "junk.json", 0)
+    with pytest.raises(ValueError, match="no baseline results"):
+        q.load_baseline(write_json({"table": {}, "baseline": None}, tmp_path / "none.json"), 0)
     with pytest.raises(SystemExit):
         q.main(["--baseline", "umx", "--baseline-results", str(saved)])
+    assert q.main(["--baseline-results", str(tmp_path / "junk.json"), "--data", str(two)]) == 2  # before any model runs
 
 
 def test_the_wiener_setting_is_recorded_with_the_scores(two: Path) -> None:
-    """What --baseline-results compares: a post-filtered run says so in its settings."""
+    """What --baseline-results compares: every model run records its post-filter iterations."""
     quiet = dict(progress=False, echo=lambda _: None, tracks=["track1"])
-    assert "wiener" not in evaluate(SplitAt1k(), two, **quiet)["settings"]
+    assert evaluate(SplitAt1k(), two, **quiet)["settings"]["wiener"] == 0
     assert evaluate(SplitAt1k(), two, wiener=1, **quiet)["settings"]["wiener"] == 1
