@@ -130,7 +130,7 @@ def separate(
     if int(sample_rate) <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     n, c = x.shape[-1], x.shape[0]
-    y = resample(convert_channels(x.astype(np.float32), sep.channels), int(sample_rate), sep.sample_rate)
+    y = resample(convert_channels(x.astype(np.float32, copy=False), sep.channels), int(sample_rate), sep.sample_rate)
     out = separate_array(sep, y, segment, overlap)
     result = {}
     for s in wanted:

@@ -61,7 +61,9 @@ class Separator:
             mix: [shape=(batch, channels, time)] float32 at ``sample_rate``.
 
         Returns:
-            [shape=(batch, len(sources), channels, time)] float32.
+            [shape=(batch, len(sources), channels, time)] float32, a new array on every call:
+            stemcli keeps it (or views of it) after the next call and may hand it to the
+            caller, so a separator must not reuse its output buffer.
         """
         raise NotImplementedError
 

@@ -222,7 +222,8 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
     # 32 MiB mmap threshold, so they are reused from the heap instead of being mapped and
     # zeroed afresh by the kernel on every call (all sources at once: 75 MiB arrays).
     est = np.empty((mix.shape[0], n_sources, *mix.shape[1:]), np.float32)  # [B, S, C, T]
-    full = np.zeros((*spec.shape[:-1], n_fft // 2 + 1), np.complex64)  # [B, C, F, n_fft/2+1]
+    full = np.empty((*spec.shape[:-1], n_fft // 2 + 1), np.complex64)  # [B, C, F, n_fft/2+1]
+    full[..., bins:] = 0  # only the bins above the model's are zeros: the loop writes the rest
     for j in range(want):
         for m, lo, hi in zip(parts, cuts[:-1], cuts[1:]):  # masks_high broadcasts over the channels
             np.multiply(m[:, j], spec[..., lo:hi], out=full[..., lo:hi])

@@ -174,3 +174,92 @@ def test_separator_overlap_is_the_default() -> None:
     sep.calls = 0
     separate_array(sep, np.ones((2, total), np.float32), overlap=0.25)
     assert sep.calls == len(plan_chunks(total, 44100, 0.25)) == 13
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_time_parts_join_with_known_crossfades(workers: int) -> None:
+    """``run_in_parts`` on a part function whose answer is known: each part returns its input
+    plus its own length in thousands of samples (as a second source, minus it).  Away from the boundaries every sample
+    is its part's, across each boundary the blend is linear in the fade (centred on it), the
+    sources still sum to the input, and the result does not depend on the worker pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stemcli.runtime import run_in_parts, split_points
+
+    rng = np.random.default_rng(3)
+    total, context, fade = 50_000, 700, 400
+    mix = rng.standard_normal((1, 2, total)).astype(np.float32)
+    bounds = split_points(total, 4, 5000, align=64)
+    assert len(bounds) == 5
+
+    def run(x: np.ndarray) -> np.ndarray:
+        n = np.float32(x.shape[-1] / 1000)
+        return np.stack([x + n, -n + 0 * x], axis=1)  # [B, 2, C, T], the sources sum to x
+
+    if workers:
+        with ThreadPoolExecutor(workers) as pool:
+            got = run_in_parts(run, mix, bounds, context, fade, pool)
+    else:
+        got = run_in_parts(run, mix, bounds, context, fade, None)
+    spans = [(max(0, a - context), min(total, b + context)) for a, b in zip(bounds[:-1], bounds[1:])]
+    level = np.empty(total, np.float32)
+    for (a, b), (lo, hi) in zip(zip(bounds[:-1], bounds[1:]), spans):
+        level[a:b] = (hi - lo) / 1000
+    ramp = (np.arange(fade, dtype=np.float32) + 0.5) / fade
+    for i, b in enumerate(bounds[1:-1], start=1):
+        prev, nxt = (spans[i - 1][1] - spans[i - 1][0]) / 1000, (spans[i][1] - spans[i][0]) / 1000
+        level[b - fade // 2 : b + fade // 2] = (1 - ramp) * prev + ramp * nxt
+    assert got.shape == (1, 2, 2, total) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0, 0], mix[0] + level, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[0, 1], np.broadcast_to(-level, (2, total)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.sum(axis=1), mix, atol=1e-5)
+    assert len({float(v) for v in level}) > 4  # the parts differ, so the blend is tested
+
+
+@pytest.mark.parametrize("bad", ["sources", "short"])
+def test_time_parts_of_different_shapes_are_refused(bad: str) -> None:
+    """A part function answering one part with another source count, or one sample short, is
+    an error naming the shapes, not a silently misaligned join; with a pool the error reaches
+    the caller too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stemcli.runtime import run_in_parts, split_points
+
+    mix = np.zeros((1, 2, 30_000), np.float32)
+    bounds = split_points(30_000, 3, 5000)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        y = np.stack([x, x], axis=1)
+        if x.shape[-1] < 11_000:  # the first and last parts: only one context side
+            return y
+        return np.stack([x, x, x], axis=1) if bad == "sources" else y[..., :-1]
+
+    with pytest.raises(ValueError, match="time parts returned shapes"):
+        run_in_parts(run, mix, bounds, 500, 100, None)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="time parts returned shapes"):
+        run_in_parts(run, mix, bounds, 500, 100, pool)
+
+
+def test_one_chunk_result_is_the_callers_own() -> None:
+    """A song within one segment comes back without the join's copy, yet as an array of its
+    own: writeable, sharing no memory with the input, and unchanged by the next separation
+    (also for a separator that answers with a read-only array)."""
+
+    class ReadOnly(IdentitySeparator):
+        def separate(self, mix: np.ndarray) -> np.ndarray:
+            out = super().separate(mix)
+            out.flags.writeable = False
+            return out
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 20_000)).astype(np.float32)
+    for sep in (IdentitySeparator(segment=1.0), ReadOnly(segment=1.0)):
+        a = separate_array(sep, x)
+        assert sep.calls == 1 and a.flags.writeable and a.flags.c_contiguous
+        assert not np.shares_memory(a, x)
+        keep = a.copy()
+        b = separate_array(sep, 2 * x)
+        np.testing.assert_array_equal(a, keep)
+        np.testing.assert_allclose(b[0], 2 * x)
+        a[0] = 0.0  # the caller may write into it
+        np.testing.assert_allclose(separate_array(sep, x)[0], x)
