@@ -15,7 +15,7 @@ PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals sung to the melody
 RUNS=${RUNS:-/work/runs}
 MM_RUN=${MM_RUN:-$RUNS/mmdense27}
-UMX_RUN=${UMX_RUN:-$RUNS/umx12}
+UMX_RUN=${UMX_RUN:-$RUNS/umx14}
 MM_CONFIG=${MM_CONFIG:-export/configs/mmdense27.json}  # the shipped architecture
 MINUTES=${MINUTES:-90}                # training-step wall clock, each
 mkdir -p "$RUNS"
