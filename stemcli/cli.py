@@ -140,10 +140,12 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--soundfont", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Use only this SoundFont (default: rotate over the installed Debian ones).")
+@click.option("--splits", default="0.8,0.1,0.1", show_default=True, metavar="TRAIN,VALID,TEST",
+              help="Fractions of the tracks in each split, e.g. 0,0,1 for a test-only set.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a dataset previously rendered into OUTDIR.")
 @click.option("-q", "--quiet", is_flag=True)
-def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet) -> None:
+def synth(outdir, kind, tracks, seconds, seed, soundfont, splits, jobs, overwrite, quiet) -> None:
     """Render a multi-stem training set (MUSDB layout) from generated MIDI with fluidsynth.
 
     Writes OUTDIR/{train,valid,test}/<track>/{mixture.wav,<stem>.wav} and OUTDIR/dataset.json;
@@ -152,8 +154,12 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, jobs, overwrite, quiet
     from stemcli.data.synth import render_dataset
 
     try:
+        fractions = [float(v) for v in splits.split(",")]
+    except ValueError:
+        raise click.ClickException(f"--splits: expected three numbers like 0.8,0.1,0.1, got '{splits}'") from None
+    try:
         card = render_dataset(outdir, kind=kind, tracks=tracks, seconds=seconds, seed=seed, soundfont=soundfont,
-                              jobs=jobs, progress=not quiet, overwrite=overwrite)
+                              jobs=jobs, progress=not quiet, overwrite=overwrite, splits=fractions)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     if not quiet:
@@ -259,6 +265,41 @@ def evaluate(model, data, split, estimates, oracle, n_fft, hop, oracle_mask, tra
                  oracle_mask=oracle_mask, echo=click.echo)
     except (SeparatorError, ValueError, OSError) as exc:
         raise _fail(exc) from None
+
+@cli.command()
+@click.argument("result_a", metavar="A")
+@click.argument("result_b", metavar="B")
+@click.option("--metric", type=click.Choice(["SDR", "SIR", "SAR", "ISR"]), default="SDR", show_default=True)
+@click.option("--target", type=float, default=None,
+              help="Also give the share of bootstrap resamples where A's median is this many dB above B's.")
+@click.option("--resamples", type=click.IntRange(min=0), default=4000, show_default=True,
+              help="Paired bootstrap draws of the tracks (0: no interval).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def compare(result_a, result_b, metric, target, resamples, json_out) -> None:
+    """Compare two `stemcli evaluate --json` results track by track (A - B).
+
+    A and B are result files on the same tracks; FILE:default or FILE:baseline picks an entry of
+    a benchmarks/quality.py --json file.  Prints the medians, their difference with a paired
+    bootstrap interval, the mean and median of the per-track differences and the tracks A wins.
+    """
+    from stemcli import compare as cmp
+
+    try:
+        a, b = cmp.load_result(result_a), cmp.load_result(result_b)
+        rows = cmp.compare(a, b, metric=metric, target=target, resamples=resamples)
+    except ValueError as exc:
+        raise _fail(exc) from None
+    click.echo(cmp.format_comparison(rows, a["label"], b["label"], metric, target))
+    if json_out:
+        from stemcli.evaluate import write_json
+
+        try:
+            write_json({"a": a["label"], "b": b["label"], "metric": metric, "target": target,
+                        "resamples": resamples, "interval": cmp.INTERVAL, "per_stem": rows}, json_out)
+        except OSError as exc:
+            raise _fail(exc) from None
+        click.echo(f"wrote {json_out}", err=True)
+
 
 from stemcli.commands.remix import remix  # noqa: E402  (click + stdlib only at import)
 

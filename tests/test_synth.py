@@ -230,3 +230,25 @@ def test_card_records_the_command_as_typed_without_an_explicit_one(tmp_path, mon
     render_dataset(tmp_path / "my data", kind="speech", tracks=1, seconds=0.5, seed=1, progress=False)
     card = json.loads((tmp_path / "my data" / "dataset.json").read_text())
     assert card["command"] == f"stemcli synth '{tmp_path / 'my data'}' --kind speech"
+
+
+@needs_espeak
+def test_cli_splits_renders_a_test_only_set(tmp_path):
+    """stemcli synth --splits 0,0,1: every track in test/ (a held-out evaluation set); bad
+    fractions are one-line errors that leave no folder behind."""
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    out = tmp_path / "held_out"
+    res = CliRunner().invoke(cli, ["synth", str(out), "--kind", "speech", "--tracks", "3", "--seconds", "0.5",
+                                   "--splits", "0,0,1", "-q"])
+    assert res.exit_code == 0, res.output
+    assert [t.name for t in list_tracks(out, "test")] == ["speech00000", "speech00001", "speech00002"]
+    assert not (out / "train").exists() and not (out / "valid").exists()
+    assert json.loads((out / "dataset.json").read_text())["counts"] == {"test": 3}
+    for bad, match in (("0,0", "three non-negative"), ("1,x,1", "expected three numbers"),
+                       ("nan,0,1", "three non-negative"), ("0,0,0", "three non-negative")):
+        res = CliRunner().invoke(cli, ["synth", str(tmp_path / "bad"), "--kind", "speech", "--splits", bad, "-q"])
+        assert res.exit_code == 1 and match in res.output and len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

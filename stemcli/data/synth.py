@@ -19,6 +19,7 @@ Kinds:
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import shutil
 import struct
@@ -58,7 +59,7 @@ def assign_splits(tracks: int, splits: Sequence[float], seed: int) -> list[str]:
     ``valid`` and ``test`` get at least one track each when there are enough tracks for
     ``train`` to keep one too and their fraction is non-zero.
     """
-    if len(splits) != 3 or any(f < 0 for f in splits) or sum(splits) <= 0:
+    if len(splits) != 3 or not all(math.isfinite(f) and f >= 0 for f in splits) or sum(splits) <= 0:
         raise ValueError(f"splits must be three non-negative fractions (train, valid, test), got {tuple(splits)}")
     fr = np.asarray(splits, float) / float(sum(splits))
     counts = [int(round(tracks * f)) for f in fr]
@@ -313,9 +314,9 @@ def render_dataset(
         from stemcli.data.speech import espeak_binary
 
         espeak_binary()
+    split_of = assign_splits(tracks, splits, seed)  # before anything is created: bad fractions leave no folder
     outdir = Path(outdir)
     _prepare_outdir(outdir, overwrite)
-    split_of = assign_splits(tracks, splits, seed)
     work = [(kind, int(seed), i, float(seconds), fonts, str(outdir), split_of[i]) for i in range(tracks)]
     bar = None
     if progress:

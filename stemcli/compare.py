@@ -1,0 +1,195 @@
+"""Paired comparison of two evaluation results on the same tracks.
+
+A stem's score in :mod:`stemcli.evaluate` is a median over tracks, and with a test split of 16
+tracks that median is decided by the two middle tracks: two systems can differ by 0.3 dB on the
+medians while one of them wins 14 of the 16 tracks.  This module puts the numbers a reader needs
+beside the difference of the medians, track by track:
+
+* ``delta``: median of A minus median of B (what a "+1 dB median SDR" target is judged on),
+  over the tracks both scored;
+* ``mean_diff`` / ``median_diff``: mean and median of the per-track differences (one near-silent
+  stem, where BSS Eval gives -80 dB to both, can move the mean by half a dB: the median of the
+  differences is the robust one);
+* ``won``: tracks where A scores higher;
+* ``interval``: a paired bootstrap interval of ``delta`` (tracks resampled with replacement,
+  both systems together, ``resamples`` times, fixed seed): how far the delta could move with
+  another draw of test tracks of the same kind;
+* ``share_at_target``: with a ``target``, the share of resamples where ``delta >= target``.
+
+Inputs are the results :func:`stemcli.evaluate.evaluate` returns or writes with ``--json``
+(``per_track[track][stem][metric]``), or the ``default`` / ``baseline`` entry of a
+``benchmarks/quality.py --json`` file (:func:`load_result`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+INTERVAL = 0.90  # two-sided coverage of the bootstrap interval
+RESAMPLES = 4000
+SELECTORS = ("default", "baseline")  # entries of a benchmarks/quality.py --json file
+
+
+def _number(x: Any) -> float:
+    """A score as written by ``stemcli.evaluate.write_json``: null -> NaN, "inf"/"-inf" -> +-inf."""
+    if x is None:
+        return float("nan")
+    if isinstance(x, str) and x in ("inf", "-inf"):
+        return float(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+        raise ValueError(f"not a score: {x!r}")
+    return float(x)
+
+
+def load_result(spec: str | Path) -> dict[str, Any]:
+    """An evaluation result from a JSON file: ``stemcli evaluate --json`` output, or one entry of
+    a ``benchmarks/quality.py --json`` file, named ``FILE:default`` (the default when the file is
+    one of those) or ``FILE:baseline``.
+
+    Raises:
+        ValueError: naming the file: unreadable, no per-track scores, unknown entry.
+    """
+    text = str(spec)
+    path, which = Path(text), None
+    head, sep, tail = text.rpartition(":")
+    if sep and tail in SELECTORS:
+        path, which = Path(head), tail
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read evaluation results ({exc})") from None
+    if isinstance(doc, dict) and "table" in doc and ("default" in doc or "baseline" in doc):
+        which = which or "default"
+        res = doc.get(which)
+        if not isinstance(res, dict):
+            raise ValueError(f"{path}: this benchmarks/quality.py file has no '{which}' results")
+    elif which is not None:
+        raise ValueError(f"{path}: ':{which}' names an entry of a benchmarks/quality.py file; this is not one")
+    else:
+        res = doc
+    if not isinstance(res, dict) or not isinstance(res.get("per_track"), dict) or not res["per_track"]:
+        raise ValueError(f"{path}: no per-track scores in it (expected a stemcli evaluate --json file)")
+    label = str(res.get("model") or path.stem)
+    return {**res, "label": f"{label} ({path.name}{':' + which if which else ''})"}
+
+
+def _fingerprints(res: Mapping[str, Any]) -> dict[str, str]:
+    return {t["name"]: t["mixture_sha256"] for t in res.get("tracks") or []
+            if isinstance(t, dict) and "name" in t and t.get("mixture_sha256")}
+
+
+def paired_tracks(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The tracks of ``a`` (in its order), after checking that ``b`` scored the same ones on the
+    same audio (mixture sha256 where both results recorded it).
+
+    Raises:
+        ValueError: tracks only one side has, or a track whose mixture differs.
+    """
+    ta, tb = list(a["per_track"]), set(b["per_track"])
+    only_a = [t for t in ta if t not in tb]
+    only_b = sorted(tb - set(ta))
+    if only_a or only_b:
+        parts = [f"only in {r['label'] if 'label' in r else 'A'}: {', '.join(names[:5])}"
+                 + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+                 for r, names in ((a, only_a), (b, only_b)) if names]
+        raise ValueError(f"the results are not on the same tracks ({'; '.join(parts)})")
+    fa, fb = _fingerprints(a), _fingerprints(b)
+    other = [t for t in ta if t in fa and t in fb and fa[t] != fb[t]]
+    if other:
+        raise ValueError(f"track {other[0]} was scored on different audio in the two results (mixture sha256 differs)")
+    return ta
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """``median(x[i]) - median(y[i])`` for ``resamples`` index draws ``i`` with replacement."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    return np.median(x[idx], axis=1) - np.median(y[idx], axis=1)
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = "SDR", target: float | None = None,
+            resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per stem, A against B on the tracks both scored (see the module docstring for the keys).
+
+    Args:
+        a, b: evaluation results (``per_track[track][stem][metric]``) on the same tracks.
+        metric: ``SDR``, ``SIR``, ``SAR`` or ``ISR``.
+        target: a margin for ``share_at_target`` (e.g. 1.0 for "+1 dB"), or None.
+        resamples: bootstrap draws (0: no interval).
+        seed: the bootstrap's seed (the same inputs give the same interval).
+
+    Returns:
+        stem -> ``{"tracks", "a", "b", "delta", "mean_diff", "median_diff", "won", "interval",
+        "share_at_target"}``; stems only one side has are left out; a stem no track scored on
+        both sides has ``tracks`` 0 and NaN numbers.
+
+    Raises:
+        ValueError: other tracks or audio (:func:`paired_tracks`), an unknown metric, a negative
+        ``resamples``.
+    """
+    if metric not in ("SDR", "SIR", "SAR", "ISR"):
+        raise ValueError(f"unknown metric {metric!r} (choose from SDR, SIR, SAR, ISR)")
+    if resamples < 0:
+        raise ValueError(f"resamples must be >= 0, got {resamples}")
+    names = paired_tracks(a, b)
+    stems = list(a.get("stems") or next(iter(a["per_track"].values())))
+    out: dict[str, dict[str, Any]] = {}
+    for k, stem in enumerate(stems):
+        both = [(a["per_track"][t].get(stem), b["per_track"][t].get(stem)) for t in names]
+        both = [(sa, sb) for sa, sb in both if isinstance(sa, Mapping) and isinstance(sb, Mapping)]
+        if not both:
+            continue  # one side never separated this stem
+        pairs = [(x, y) for x, y in ((_number(sa.get(metric)), _number(sb.get(metric))) for sa, sb in both)
+                 if not (math.isnan(x) or math.isnan(y))]
+        nan = float("nan")
+        row: dict[str, Any] = {"tracks": len(pairs), "a": nan, "b": nan, "delta": nan, "mean_diff": nan,
+                               "median_diff": nan, "won": 0, "interval": [nan, nan], "share_at_target": None}
+        if pairs:
+            x, y = (np.array(v, dtype=np.float64) for v in zip(*pairs))
+            d = x - y
+            row.update(a=float(np.median(x)), b=float(np.median(y)), delta=float(np.median(x) - np.median(y)),
+                       mean_diff=float(np.mean(d)), median_diff=float(np.median(d)), won=int(np.sum(d > 0)))
+            if resamples:
+                boot = _bootstrap(x, y, resamples, seed + k)
+                tail = (1.0 - INTERVAL) / 2 * 100
+                row["interval"] = [float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))]
+                if target is not None:
+                    row["share_at_target"] = float(np.mean(boot >= target))
+        out[stem] = row
+    return out
+
+
+def _f(x: float, signed: bool = True) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def format_comparison(rows: Mapping[str, Mapping[str, Any]], label_a: str = "A", label_b: str = "B",
+                      metric: str = "SDR", target: float | None = None) -> str:
+    """The table :func:`compare` computed, one line per stem."""
+    head = ["stem", "A", "B", "delta", f"{int(INTERVAL * 100)}% interval", "mean diff", "median diff", "won"]
+    if target is not None:
+        head.append(f">= {target:+g} dB")
+    lines_ = []
+    for stem, r in rows.items():
+        line = [stem, _f(r["a"], False), _f(r["b"], False), _f(r["delta"]),
+                f"[{_f(r['interval'][0])}, {_f(r['interval'][1])}]", _f(r["mean_diff"]), _f(r["median_diff"]),
+                f"{r['won']}/{r['tracks']}"]
+        if target is not None:
+            share = r["share_at_target"]
+            line.append("n/a" if share is None else f"{100 * share:.0f}%")
+        lines_.append(line)
+    widths = [max(len(x[i]) for x in [head, *lines_]) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    n = max((r["tracks"] for r in rows.values()), default=0)
+    intro = [f"A = {label_a}", f"B = {label_b}",
+             f"{metric} (dB) on {n} track(s): medians over tracks, delta = A - B, its paired bootstrap "
+             f"interval (tracks resampled), per-track differences, tracks A wins"
+             + (f", share of resamples with delta {target:+g} dB or more" if target is not None else "")]
+    return "\n".join([*intro, fmt(head), *(fmt(x) for x in lines_)])

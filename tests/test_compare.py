@@ -1,0 +1,123 @@
+"""stemcli.compare and `stemcli compare`: paired statistics of two evaluation results, checked on
+hand-made scores whose medians, differences and bootstrap distribution are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stemcli import compare as cmp
+from stemcli.cli import cli
+from stemcli.evaluate import write_json
+
+
+def result(scores: dict[str, list[float]], model: str = "m", sha: dict[str, str] | None = None) -> dict:
+    """An evaluate()-shaped result: stem -> one SDR per track (tracks t0, t1, ...)."""
+    n = len(next(iter(scores.values())))
+    names = [f"t{i}" for i in range(n)]
+    per_track = {t: {s: {"SDR": v[i], "SIR": 0.0, "SAR": 0.0, "ISR": 0.0} for s, v in scores.items()}
+                 for i, t in enumerate(names)}
+    tracks = [{"name": t, **({"mixture_sha256": sha[t]} if sha and t in sha else {})} for t in names]
+    return {"model": model, "stems": list(scores), "tracks": tracks, "per_track": per_track}
+
+
+def test_medians_differences_and_wins_on_known_scores() -> None:
+    a = result({"drums": [1.0, 2.0, 3.0, 4.0, 5.0], "bass": [-80.0, 5.0, 6.0, 7.0, 8.0]})
+    b = result({"drums": [0.0, 0.0, 0.0, 0.0, 10.0], "bass": [-90.0, 5.5, 5.5, 6.5, 7.5]})
+    rows = cmp.compare(a, b, resamples=0)
+    d = rows["drums"]
+    assert (d["a"], d["b"], d["delta"]) == (3.0, 0.0, 3.0)
+    assert d["mean_diff"] == pytest.approx(1.0) and d["median_diff"] == 2.0 and d["won"] == 4 and d["tracks"] == 5
+    assert np.isnan(d["interval"][0]) and d["share_at_target"] is None  # no resamples asked for
+    bass = rows["bass"]  # a near-silent stem (-80 / -90 dB) moves the mean, not the median of the differences
+    assert bass["mean_diff"] == pytest.approx((10 - 0.5 + 0.5 + 0.5 + 0.5) / 5)
+    assert bass["median_diff"] == 0.5 and bass["delta"] == pytest.approx(0.5)
+
+
+def test_bootstrap_resamples_tracks_in_pairs() -> None:
+    """Two tracks: a resample holds track 0 twice, both, or track 1 twice (1/4, 1/2, 1/4), and the
+    median of two values is their mean, so delta is 0, 2 or 4 with those chances."""
+    a, b = result({"vocals": [0.0, 4.0]}), result({"vocals": [0.0, 0.0]})
+    row = cmp.compare(a, b, target=3.0, resamples=20000, seed=3)["vocals"]
+    assert row["share_at_target"] == pytest.approx(0.25, abs=0.015)
+    assert cmp.compare(a, b, target=1.0, resamples=20000)["vocals"]["share_at_target"] == pytest.approx(0.75, abs=0.015)
+    assert row["interval"] == [0.0, 4.0]
+    same = cmp.compare(a, result({"vocals": [0.0, 4.0]}), target=0.5, resamples=2000)["vocals"]
+    assert same["interval"] == [0.0, 0.0] and same["share_at_target"] == 0.0  # unpaired draws would differ
+    again = cmp.compare(a, b, target=3.0, resamples=20000, seed=3)["vocals"]
+    assert again == row  # a fixed seed: the same interval every run
+
+
+def test_constant_lead_gives_a_degenerate_interval() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(5, 3, 16).tolist()
+    rows = cmp.compare(result({"other": [v + 2.0 for v in base]}), result({"other": base}), target=1.0)
+    r = rows["other"]
+    assert r["delta"] == pytest.approx(2.0) and r["won"] == 16
+    assert r["interval"] == pytest.approx([2.0, 2.0]) and r["share_at_target"] == 1.0
+
+
+def test_nan_tracks_are_left_out_and_one_sided_stems_dropped() -> None:
+    a = result({"vocals": [float("nan"), 2.0, 3.0], "drums": [1.0, 1.0, 1.0]})
+    b = result({"vocals": [9.0, 1.0, 1.0]})
+    rows = cmp.compare(a, b, resamples=100)
+    assert list(rows) == ["vocals"] and rows["vocals"]["tracks"] == 2 and rows["vocals"]["delta"] == 1.5
+
+
+def test_refuses_other_tracks_other_audio_and_bad_arguments() -> None:
+    a = result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa", "t1": "bb"})
+    with pytest.raises(ValueError, match=r"not on the same tracks \(only in A: t2\)"):
+        cmp.compare(a, result({"vocals": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match="track t1 was scored on different audio"):
+        cmp.compare(a, result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa", "t1": "cc"}))
+    assert cmp.compare(a, result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa"}), resamples=0)  # unrecorded: not compared
+    with pytest.raises(ValueError, match="unknown metric"):
+        cmp.compare(a, a, metric="PES")
+    with pytest.raises(ValueError, match="resamples must be >= 0"):
+        cmp.compare(a, a, resamples=-1)
+
+
+def test_load_result_reads_evaluate_and_quality_files(tmp_path: Path) -> None:
+    a = result({"bass": [1.0, float("inf")]}, model="mine")
+    b = result({"bass": [0.5, None]}, model="theirs")  # null in a written file: NaN
+    ev = write_json(a, tmp_path / "eval.json")
+    q = write_json({"command": "quality.py", "table": {}, "default": a, "baseline": b}, tmp_path / "quality.json")
+    assert cmp.load_result(ev)["label"] == "mine (eval.json)"
+    assert cmp.load_result(ev)["per_track"]["t1"]["bass"]["SDR"] == "inf"
+    assert cmp.load_result(q)["model"] == "mine"
+    base = cmp.load_result(f"{q}:baseline")
+    assert base["model"] == "theirs" and base["label"] == "theirs (quality.json:baseline)"
+    rows = cmp.compare(cmp.load_result(q), base, resamples=0)
+    assert rows["bass"]["tracks"] == 1 and rows["bass"]["delta"] == 0.5
+    with pytest.raises(ValueError, match="eval.json: ':baseline' names an entry of a benchmarks/quality.py file"):
+        cmp.load_result(f"{ev}:baseline")
+    (tmp_path / "junk.json").write_text("{")
+    with pytest.raises(ValueError, match="junk.json: cannot read evaluation results"):
+        cmp.load_result(tmp_path / "junk.json")
+    (tmp_path / "empty.json").write_text(json.dumps({"per_track": {}}))
+    with pytest.raises(ValueError, match="empty.json: no per-track scores"):
+        cmp.load_result(tmp_path / "empty.json")
+    only = write_json({"table": {}, "default": a, "baseline": None}, tmp_path / "nobase.json")
+    with pytest.raises(ValueError, match="nobase.json: this benchmarks/quality.py file has no 'baseline' results"):
+        cmp.load_result(f"{only}:baseline")
+
+
+def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    a = write_json(result({"vocals": [3.0, 5.0, 7.0], "drums": [1.0, 2.0, 3.0]}, model="A"), tmp_path / "a.json")
+    b = write_json(result({"vocals": [1.0, 2.0, 3.0], "drums": [2.0, 2.0, 2.0]}, model="B"), tmp_path / "b.json")
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b), "--target", "1", "--json", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    vocals = next(x for x in lines if x.startswith("vocals")).split()
+    assert vocals[1:4] == ["5.00", "2.00", "+3.00"] and vocals[-2] == "3/3"
+    drums = next(x for x in lines if x.startswith("drums")).split()
+    assert drums[3] == "+0.00" and drums[-2] == "1/3"
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["per_stem"]["vocals"]["delta"] == 3.0 and saved["target"] == 1.0
+    bad = CliRunner().invoke(cli, ["compare", str(a), str(tmp_path / "nope.json")])
+    assert bad.exit_code == 1 and "nope.json: cannot read evaluation results" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
