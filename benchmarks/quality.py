@@ -11,7 +11,7 @@ median over frames then over tracks, see ``stemcli.evaluate``):
 Prints the SDR table with the deltas (target: default >= baseline + 1 dB on every stem) and
 the gap to the oracle, then the same comparison track by track (:mod:`stemcli.compare`: mean and
 median of the per-track differences, tracks won, and a paired bootstrap interval of each delta,
-which on 16 tracks is about 1 dB wide); ``--json`` writes everything (the track-by-track rows as
+which on 16 tracks is 1-2 dB wide); ``--json`` writes everything (the track-by-track rows as
 ``paired``), ``--plot`` the box plots of the default model.
 
     .venv/bin/python benchmarks/quality.py --baseline /work/runs/umx/umx.json --json benchmarks/results/quality.json

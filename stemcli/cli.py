@@ -266,6 +266,7 @@ def evaluate(model, data, split, estimates, oracle, n_fft, hop, oracle_mask, tra
     except (SeparatorError, ValueError, OSError) as exc:
         raise _fail(exc) from None
 
+
 @cli.command()
 @click.argument("result_a", metavar="A")
 @click.argument("result_b", metavar="B")

@@ -8,8 +8,9 @@ beside the difference of the medians, track by track:
 * ``delta``: median of A minus median of B (what a "+1 dB median SDR" target is judged on),
   over the tracks both scored;
 * ``mean_diff`` / ``median_diff``: mean and median of the per-track differences (one near-silent
-  stem, where BSS Eval gives -80 dB to both, can move the mean by half a dB: the median of the
-  differences is the robust one);
+  stem that both systems all but miss, -77 against -87 dB say, moves the mean of 16 tracks by
+  more than half a dB: the median of the differences is the robust one); equal scores, +inf
+  (a perfect estimate) on both sides included, differ by 0;
 * ``won``: tracks where A scores higher;
 * ``interval``: a paired bootstrap interval of ``delta`` (tracks resampled with replacement,
   both systems together, ``resamples`` times, fixed seed): how far the delta could move with
@@ -46,6 +47,17 @@ def _number(x: Any) -> float:
     return float(x)
 
 
+def _score(res: Mapping[str, Any], side: str, scores: Mapping[str, Any], track: str, stem: str, metric: str) -> float:
+    """``scores[metric]`` as a number, or a ValueError naming the result, track and stem."""
+    where = f"{res.get('label', side)}: track {track}, stem {stem}"
+    if metric not in scores:
+        raise ValueError(f"{where}: no {metric} score")
+    try:
+        return _number(scores[metric])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 def load_result(spec: str | Path) -> dict[str, Any]:
     """An evaluation result from a JSON file: ``stemcli evaluate --json`` output, or one entry of
     a ``benchmarks/quality.py --json`` file, named ``FILE:default`` (the default when the file is
@@ -59,6 +71,8 @@ def load_result(spec: str | Path) -> dict[str, Any]:
     head, sep, tail = text.rpartition(":")
     if sep and tail in SELECTORS:
         path, which = Path(head), tail
+    elif sep and not path.exists() and Path(head).is_file():
+        raise ValueError(f"{head}: unknown entry ':{tail}' (choose :{' or :'.join(SELECTORS)})")
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -74,6 +88,10 @@ def load_result(spec: str | Path) -> dict[str, Any]:
         res = doc
     if not isinstance(res, dict) or not isinstance(res.get("per_track"), dict) or not res["per_track"]:
         raise ValueError(f"{path}: no per-track scores in it (expected a stemcli evaluate --json file)")
+    bad = [t for t, v in res["per_track"].items()
+           if not isinstance(v, dict) or not all(isinstance(m, dict) for m in v.values())]
+    if bad:
+        raise ValueError(f"{path}: malformed scores for track {bad[0]} (expected stem -> metric -> dB)")
     label = str(res.get("model") or path.stem)
     return {**res, "label": f"{label} ({path.name}{':' + which if which else ''})"}
 
@@ -84,19 +102,20 @@ def _fingerprints(res: Mapping[str, Any]) -> dict[str, str]:
 
 
 def paired_tracks(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """The tracks of ``a`` (in its order), after checking that ``b`` scored the same ones on the
+    """The tracks of ``a`` (sorted by name: the bootstrap's draws do not depend on the files'
+    order), after checking that ``b`` scored the same ones on the
     same audio (mixture sha256 where both results recorded it).
 
     Raises:
         ValueError: tracks only one side has, or a track whose mixture differs.
     """
-    ta, tb = list(a["per_track"]), set(b["per_track"])
+    ta, tb = sorted(a["per_track"]), set(b["per_track"])
     only_a = [t for t in ta if t not in tb]
     only_b = sorted(tb - set(ta))
     if only_a or only_b:
-        parts = [f"only in {r['label'] if 'label' in r else 'A'}: {', '.join(names[:5])}"
+        parts = [f"only in {r.get('label', side)}: {', '.join(names[:5])}"
                  + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
-                 for r, names in ((a, only_a), (b, only_b)) if names]
+                 for r, side, names in ((a, "A", only_a), (b, "B", only_b)) if names]
         raise ValueError(f"the results are not on the same tracks ({'; '.join(parts)})")
     fa, fb = _fingerprints(a), _fingerprints(b)
     other = [t for t in ta if t in fa and t in fb and fa[t] != fb[t]]
@@ -109,7 +128,13 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> np.nd
     """``median(x[i]) - median(y[i])`` for ``resamples`` index draws ``i`` with replacement."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(resamples, x.size))
-    return np.median(x[idx], axis=1) - np.median(y[idx], axis=1)
+    return _diff(np.median(x[idx], axis=1), np.median(y[idx], axis=1))
+
+
+def _diff(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x - y`` with equal values (``inf`` and ``inf`` too) differing by 0."""
+    with np.errstate(invalid="ignore"):
+        return np.where(x == y, 0.0, x - y)
 
 
 def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = "SDR", target: float | None = None,
@@ -136,23 +161,28 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = "SDR", tar
         raise ValueError(f"unknown metric {metric!r} (choose from SDR, SIR, SAR, ISR)")
     if resamples < 0:
         raise ValueError(f"resamples must be >= 0, got {resamples}")
+    if target is not None and not math.isfinite(target):
+        raise ValueError(f"target must be a finite number of dB, got {target}")
     names = paired_tracks(a, b)
     stems = list(a.get("stems") or next(iter(a["per_track"].values())))
     out: dict[str, dict[str, Any]] = {}
     for k, stem in enumerate(stems):
-        both = [(a["per_track"][t].get(stem), b["per_track"][t].get(stem)) for t in names]
-        both = [(sa, sb) for sa, sb in both if isinstance(sa, Mapping) and isinstance(sb, Mapping)]
+        both = [(t, a["per_track"][t].get(stem), b["per_track"][t].get(stem)) for t in names]
+        both = [(t, sa, sb) for t, sa, sb in both if isinstance(sa, Mapping) and isinstance(sb, Mapping)]
         if not both:
             continue  # one side never separated this stem
-        pairs = [(x, y) for x, y in ((_number(sa.get(metric)), _number(sb.get(metric))) for sa, sb in both)
-                 if not (math.isnan(x) or math.isnan(y))]
+        pairs = []
+        for t, sa, sb in both:
+            x, y = (_score(r, side, sc, t, stem, metric) for r, side, sc in ((a, "A", sa), (b, "B", sb)))
+            if not (math.isnan(x) or math.isnan(y)):
+                pairs.append((x, y))
         nan = float("nan")
         row: dict[str, Any] = {"tracks": len(pairs), "a": nan, "b": nan, "delta": nan, "mean_diff": nan,
                                "median_diff": nan, "won": 0, "interval": [nan, nan], "share_at_target": None}
         if pairs:
             x, y = (np.array(v, dtype=np.float64) for v in zip(*pairs))
-            d = x - y
-            row.update(a=float(np.median(x)), b=float(np.median(y)), delta=float(np.median(x) - np.median(y)),
+            d = _diff(x, y)
+            row.update(a=float(np.median(x)), b=float(np.median(y)), delta=float(_diff(np.median(x), np.median(y))),
                        mean_diff=float(np.mean(d)), median_diff=float(np.median(d)), won=int(np.sum(d > 0)))
             if resamples:
                 boot = _bootstrap(x, y, resamples, seed + k)
@@ -189,7 +219,7 @@ def format_comparison(rows: Mapping[str, Mapping[str, Any]], label_a: str = "A",
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     n = max((r["tracks"] for r in rows.values()), default=0)
     intro = [f"A = {label_a}", f"B = {label_b}",
-             f"{metric} (dB) on {n} track(s): medians over tracks, delta = A - B, its paired bootstrap "
+             f"{metric} (dB) on the {n} track(s) both scored: medians over tracks, delta = A - B, its paired bootstrap "
              f"interval (tracks resampled), per-track differences, tracks A wins"
              + (f", share of resamples with delta {target:+g} dB or more" if target is not None else "")]
     return "\n".join([*intro, fmt(head), *(fmt(x) for x in lines_)])

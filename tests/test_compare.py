@@ -68,10 +68,35 @@ def test_nan_tracks_are_left_out_and_one_sided_stems_dropped() -> None:
     assert list(rows) == ["vocals"] and rows["vocals"]["tracks"] == 2 and rows["vocals"]["delta"] == 1.5
 
 
+def test_perfect_scores_on_both_sides_are_a_tie() -> None:
+    """+inf (a perfect estimate) on both sides differs by 0, not NaN, in every statistic."""
+    inf = float("inf")
+    a, b = result({"vocals": [inf, inf, 1.0, 2.0, 3.0]}), result({"vocals": [inf, inf, 0.0, 0.0, 0.0]})
+    row = cmp.compare(a, b, target=0.5, resamples=4000)["vocals"]
+    assert row["delta"] == 3.0 and row["mean_diff"] == pytest.approx(6.0 / 5) and row["median_diff"] == 1.0
+    assert row["won"] == 3 and not np.isnan(row["interval"]).any() and 0.0 < row["share_at_target"] < 1.0
+    minus = cmp.compare(result({"bass": [-inf, 2.0]}), result({"bass": [1.0, 1.0]}), resamples=0)["bass"]
+    assert minus["mean_diff"] == -inf and minus["won"] == 1
+
+
 def test_refuses_other_tracks_other_audio_and_bad_arguments() -> None:
     a = result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa", "t1": "bb"})
     with pytest.raises(ValueError, match=r"not on the same tracks \(only in A: t2\)"):
         cmp.compare(a, result({"vocals": [1.0, 2.0]}))
+    with pytest.raises(ValueError, match=r"not on the same tracks \(only in B: t3\)"):
+        cmp.compare(a, result({"vocals": [1.0, 2.0, 3.0, 4.0]}))
+    with pytest.raises(ValueError, match=r"only in mine \(a.json\): t2; only in B: t3"):
+        cmp.compare({**a, "label": "mine (a.json)", "per_track": {**a["per_track"]}},
+                    {**a, "per_track": {k: v for k, v in result({"vocals": [0.0] * 4})["per_track"].items() if k != "t2"}})
+    with pytest.raises(ValueError, match="target must be a finite number"):
+        cmp.compare(a, a, target=float("nan"))
+    broken = result({"vocals": [1.0, 2.0, 3.0]})
+    broken["per_track"]["t1"]["vocals"] = {"SIR": 1.0}
+    with pytest.raises(ValueError, match="B: track t1, stem vocals: no SDR score"):
+        cmp.compare(a, broken)
+    broken["per_track"]["t1"]["vocals"] = {"SDR": "loud"}
+    with pytest.raises(ValueError, match="B: track t1, stem vocals: not a score: 'loud'"):
+        cmp.compare(a, broken)
     with pytest.raises(ValueError, match="track t1 was scored on different audio"):
         cmp.compare(a, result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa", "t1": "cc"}))
     assert cmp.compare(a, result({"vocals": [1.0, 2.0, 3.0]}, sha={"t0": "aa"}), resamples=0)  # unrecorded: not compared
@@ -93,8 +118,15 @@ def test_load_result_reads_evaluate_and_quality_files(tmp_path: Path) -> None:
     assert base["model"] == "theirs" and base["label"] == "theirs (quality.json:baseline)"
     rows = cmp.compare(cmp.load_result(q), base, resamples=0)
     assert rows["bass"]["tracks"] == 1 and rows["bass"]["delta"] == 0.5
+    assert cmp.load_result(f"{q}:default")["label"] == "mine (quality.json:default)"
+    assert cmp.load_result(q)["label"] == "mine (quality.json:default)"  # the default entry, named as such
     with pytest.raises(ValueError, match="eval.json: ':baseline' names an entry of a benchmarks/quality.py file"):
         cmp.load_result(f"{ev}:baseline")
+    with pytest.raises(ValueError, match=r"quality.json: unknown entry ':oracle' \(choose :default or :baseline\)"):
+        cmp.load_result(f"{q}:oracle")
+    (tmp_path / "odd.json").write_text(json.dumps({"per_track": {"t0": None}}))
+    with pytest.raises(ValueError, match="odd.json: malformed scores for track t0"):
+        cmp.load_result(tmp_path / "odd.json")
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(ValueError, match="junk.json: cannot read evaluation results"):
         cmp.load_result(tmp_path / "junk.json")
