@@ -485,3 +485,31 @@ def test_the_wiener_setting_is_recorded_with_the_scores(two: Path) -> None:
     quiet = dict(progress=False, echo=lambda _: None, tracks=["track1"])
     assert evaluate(SplitAt1k(), two, **quiet)["settings"]["wiener"] == 0
     assert evaluate(SplitAt1k(), two, wiener=1, **quiet)["settings"]["wiener"] == 1
+
+
+def test_quality_benchmark_prints_and_saves_the_paired_comparison(two: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """benchmarks/quality.py puts stemcli.compare's rows beside the target table (printed, and as
+    ``paired`` in --json), computed from the default model's and the baseline's per-track scores."""
+    import stemcli.evaluate as ev
+    from stemcli.compare import compare
+    from stemcli.evaluate import write_json
+
+    q = _quality_script()
+    quiet = dict(progress=False, echo=lambda _: None)
+    leak = lambda k: lambda s: {"vocals": s["vocals"] + k * s["accompaniment"],  # noqa: E731
+                                "accompaniment": s["accompaniment"] + k * s["vocals"]}
+    good = evaluate(None, two, estimates=write_estimates(two, tmp_path / "good", leak(0.02)), oracle=True, **quiet)
+    base = evaluate(None, two, estimates=write_estimates(two, tmp_path / "base", leak(0.3)), **quiet)
+    saved = write_json(base, tmp_path / "base.json")
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: good)  # the default model's run
+    out = tmp_path / "q.json"
+    code = q.main(["--data", str(two), "--baseline-results", str(saved), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0  # 0.02 against 0.3 leakage: far more than +1 dB on both stems
+    assert "track by track (stemcli compare)" in printed and "2/2" in printed
+    doc = json.loads(out.read_text())
+    want = compare(good, q.reuse_baseline(q.load_baseline(saved, 0), good["tracks"]), target=q.TARGET_DELTA)
+    assert doc["paired"]["vocals"]["delta"] == pytest.approx(want["vocals"]["delta"])
+    assert doc["paired"]["vocals"]["delta"] == pytest.approx(doc["table"]["vocals"]["delta"])
+    assert doc["paired"]["accompaniment"]["won"] == 2 and doc["paired"]["accompaniment"]["share_at_target"] == 1.0
