@@ -157,8 +157,10 @@ def compare(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = "SDR", tar
         ValueError: other tracks or audio (:func:`paired_tracks`), an unknown metric, a negative
         ``resamples``.
     """
-    if metric not in ("SDR", "SIR", "SAR", "ISR"):
-        raise ValueError(f"unknown metric {metric!r} (choose from SDR, SIR, SAR, ISR)")
+    from stemcli.evaluate import METRICS
+
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
     if resamples < 0:
         raise ValueError(f"resamples must be >= 0, got {resamples}")
     if target is not None and not math.isfinite(target):
