@@ -22,6 +22,8 @@ TINY_FRAME2 = {**TINY_FRAME, "frame": {"hidden": 6, "layers": 2}}  # stacked LST
 TINY_FRAME_PS = {**TINY_FRAME, "frame": {"hidden": 6, "per_source": True}}  # one branch per source
 # a full-resolution bass path on the lowest 16 bins beside a frame branch
 TINY_BASS = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 2]}}
+# the bass branch with a bidirectional LSTM of 4 units at its bottleneck (4 rows of 16 bins)
+TINY_BASS_LSTM = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 1, 2], "lstm": 4}}
 # per-source frame branches seeing and answering the bins above conv_bin in groups of 4
 TINY_POOL = {**TINY_BASS, "frame": {"hidden": 6, "per_source": True, "pool": 4}}
 
@@ -96,6 +98,8 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_FRAME, "frame": {"hidden": 6, "layers": 0}},
      {**TINY_BASS, "bass": {"bins": 6}},  # off the bass net's pooling grid
      {**TINY_BASS, "bass": {"bins": 48}},  # above split_bin
+     {**TINY_BASS, "bass": {"bins": 16, "lstm": -1}},
+     {**TINY_BASS, "bass": {"bins": 16, "lstm": 2.5}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 0}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": "4"}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 3}},  # 64 bins above conv_bin: not a multiple
@@ -116,9 +120,9 @@ def test_default_config_is_json_and_sized_for_cpu() -> None:
     assert cfg["sources"] == ["vocals", "drums", "bass", "other"]
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_BASS_LSTM, TINY_POOL],
                          ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
-                              "frame-pool"])
+                              "bass-lstm", "frame-pool"])
 def test_separator_backends_and_api(tmp_path, tiny: dict) -> None:
     """Export a tiny run, then run it as a separator on onnxruntime, on torch and via the API."""
     from stemcli.export import export_run
@@ -276,9 +280,9 @@ def test_lstm_bottleneck_sees_the_whole_input(lstm: int) -> None:
         assert model.full.net.lstm.rnn.hidden_size == lstm
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_BASS_LSTM, TINY_POOL],
                          ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
-                              "frame-pool"])
+                              "bass-lstm", "frame-pool"])
 def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     """forward() (torch.stft/istft, what training runs) equals the one-graph export path."""
     model = tiny_model(3, tiny)
@@ -290,9 +294,9 @@ def test_torch_fft_forward_equals_the_exportable_graph(tiny: dict) -> None:
     assert torch.max(torch.abs(got.sum(dim=1) - x)) < 1e-5
 
 
-@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_POOL],
+@pytest.mark.parametrize("tiny", [TINY, TINY_FRAME, TINY_FRAME2, TINY_FRAME_PS, TINY_BASS, TINY_BASS_LSTM, TINY_POOL],
                          ids=["conv", "frame-branch", "frame-branch-2-layers", "frame-branch-per-source", "bass-branch",
-                              "frame-pool"])
+                              "bass-lstm", "frame-pool"])
 def test_masks_without_full_band_logits_equal_the_softmax_of_the_logits(tiny: dict) -> None:
     """masks_from_log (training's forward and the exported graph) computes the bins above
     conv_bin once for both channels; it must equal the softmax of the full-band logits."""
@@ -457,6 +461,29 @@ def test_bass_branch_starts_as_a_no_op_and_acts_only_below_its_bins() -> None:
     with torch.no_grad():
         diff = (model.bass(changed) - model.bass(inp)).abs()
     assert diff[:, :, 20, 5].max() > 1e-4
+
+
+@pytest.mark.parametrize("lstm", [0, 4])
+def test_bass_lstm_sees_the_whole_input_below_its_bins(lstm: int) -> None:
+    """With ``bass.lstm`` a change in the first frames of the lowest bins reaches the bass
+    branch's logits at the last frame; without it the branch's reach is a few frames."""
+    torch.manual_seed(0)
+    cfg = {**TINY_BASS_LSTM, "bass": {**TINY_BASS_LSTM["bass"], "lstm": lstm}}
+    model = MMDenseNet(cfg).double().eval()
+    torch.nn.init.normal_(model.bass.out.weight, std=0.5)
+    if lstm:  # positive biases before the ReLUs: random weights could leave the path dead
+        torch.nn.init.constant_(model.bass.net.lstm.squeeze[1].bias, 1.0)
+        torch.nn.init.constant_(model.bass.net.lstm.out[0].bias, 1.0)
+    nb = cfg["bass"]["bins"]
+    inp = torch.rand(1, 2, 96, nb, dtype=torch.float64)
+    changed = inp.clone()
+    changed[:, :, :4] += 2.0
+    with torch.no_grad():
+        diff = (model.bass(changed) - model.bass(inp)).abs().amax(dim=(0, 1, 3))  # per frame
+    reach = int((diff > 1e-12).nonzero().max())
+    assert reach == 95 if lstm else reach < 40
+    if lstm:
+        assert model.bass.net.lstm.rnn.hidden_size == lstm and model.bass.net.lstm.rnn.input_size == nb // 4
 
 
 def test_exported_mask_graph_sums_the_sources_with_adds(tmp_path) -> None:

@@ -76,7 +76,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # MMDenseNet.frame_logits
     "frame": {"hidden": 0},
     # full-resolution bass path on the lowest ``bins`` bins (0: none): see BassBranch
-    "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2]},
+    # ("lstm": H > 0: a bidirectional LSTM of H units over time at its bottleneck, see BassBranch)
+    "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2], "lstm": 0},
 }
 
 
@@ -206,7 +207,11 @@ class BassBranch(nn.Module):
     coarser than the spacing of bass notes.  This branch runs a small :class:`MDenseNet` on the
     log-magnitudes of the lowest ``bins`` bins at the STFT's own resolution and adds one logit
     per source, channel and bin there; its output conv starts at zero (a no-op at
-    initialisation).
+    initialisation).  With ``"lstm": H`` its bottleneck gets a :class:`BottleneckLSTM` (a
+    bidirectional LSTM of ``H`` units over time on the bottleneck's ``bins / 2^(levels-1)``
+    rows): the kick drum and the bass share these bins, and what tells them apart (a note held
+    for a beat, a hit that decays in 100 ms, the same pattern a bar later) spans more frames
+    than the branch's convolutions see.
 
     Input ``[shape=(batch, channels, frames, bins)]`` (frames a multiple of the pooling),
     output ``[shape=(batch, sources * channels, frames, bins)]``.
@@ -217,7 +222,8 @@ class BassBranch(nn.Module):
         super().__init__()
         width = int(cfg["channels"])
         self.stem = _conv(channels, width)
-        self.net = MDenseNet(width, int(cfg["growth"]), list(cfg["layers"]))
+        self.net = MDenseNet(width, int(cfg["growth"]), list(cfg["layers"]), int(cfg.get("lstm", 0)),
+                             int(cfg["bins"]))
         self.out = nn.Conv2d(self.net.cout, sources * channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -341,6 +347,9 @@ class MMDenseNet(nn.Module):
         bass = {**DEFAULT_CONFIG["bass"], **(cfg.get("bass") or {})}
         self.bass_bin = int(bass["bins"])
         bass_multiple = 2 ** (len(bass["layers"]) - 1)
+        bass_lstm = bass.get("lstm", 0)
+        if not isinstance(bass_lstm, int) or isinstance(bass_lstm, bool) or bass_lstm < 0:
+            raise ValueError(f"mmdense config: bass.lstm must be an integer >= 0 (0: none), got {bass_lstm!r}")
         if self.bass_bin and (self.bass_bin % max(bass_multiple, 2) or not 0 < self.bass_bin <= self.split_bin):
             raise ValueError(f"mmdense config: bass.bins={self.bass_bin} must be a multiple of "
                              f"{max(bass_multiple, 2)} in (0, split_bin={self.split_bin}]")
