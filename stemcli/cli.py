@@ -189,8 +189,11 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, splits, jobs, overwrit
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Forward pass precision: bfloat16 autocast is ~1.5x faster on CPUs with AVX512-BF16/AMX "
                    f"(weights, validation and export stay float32).  [default: {TRAIN_DEFAULTS['precision']}]")
+@click.option("--ema", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
+              help="Keep an exponential moving average of the weights with this decay (e.g. 0.999); validation "
+                   "and best.pt use it.  [default: none]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
-          loss_weight, precision) -> None:
+          loss_weight, precision, ema) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
     from stemcli.train.loop import parse_loss_weights, read_config_overrides
     from stemcli.train.loop import train as train_run
@@ -202,7 +205,7 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
         weights = parse_loss_weights(loss_weight) if loss_weight else None
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
                   threads=threads, seed=seed, lr=lr, val_every=val_every, config=overrides,
-                  loss_weights=weights, precision=precision, log=lambda m: click.echo(m, err=True))
+                  loss_weights=weights, precision=precision, ema=ema, log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -414,3 +414,101 @@ def test_cli_help_shows_the_defaults_the_loop_uses() -> None:
     for key in ("batch", "seconds", "lr", "precision"):
         assert f"[default: {stemcli.train.RESUMABLE[key]}]" in text
     assert "[float32|bfloat16]" in text
+
+
+def test_weight_average_follows_the_weights_with_its_warm_up() -> None:
+    """Float entries move by ``1 - d`` toward the model's (``d = min(decay, (1 + n) / (10 + n))``),
+    integer buffers are copied, and the trained model is not touched."""
+    from stemcli.train.loop import WeightAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    avg = WeightAverage(model, 0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    avg.update(model)  # n = 1: d = 2/11
+    avg.update(model)  # n = 2: d = min(0.5, 3/12) = 0.25
+    avg.update(model)  # n = 3: d = min(0.5, 4/13)
+    want = 1.0 - (2 / 11) * 0.25 * (4 / 13)  # the distance left to the weights, after three steps
+    got = avg.model.state_dict()
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        assert torch.allclose(got[name], start[name] + want, atol=1e-6), name
+        assert torch.allclose(model.state_dict()[name], start[name] + 1.0)
+    assert int(got["1.num_batches_tracked"]) == 7
+    assert not avg.model.training and not any(p.requires_grad for p in avg.model.parameters())
+    for _ in range(200):  # once warmed up, the decay itself: d = 0.5
+        avg.update(model)
+    assert torch.allclose(avg.model.state_dict()["0.bias"], start["0.bias"] + 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="ema decay"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_scores_and_saves_the_average_and_resumes_exactly(tiny_musdb: Path, tmp_path: Path) -> None:
+    """With ``ema`` the validation and ``best.pt`` use the averaged weights (not the trained ones),
+    the checkpoint carries the average so an interrupted run ends where a straight one does, and
+    the setting is recorded and enforced on resume."""
+    kw = dict(batch=2, seconds=0.5, lr=3e-3, threads=1, seed=0, val_every=100, val_excerpts=1, val_seconds=0.5,
+              log_every=1, config=TINY, log=lambda m: None)  # one validation, at the end
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train("mmdense", tiny_musdb, straight, steps=8, ema=0.9, **kw)
+
+    def interrupt(line: str) -> None:
+        if line.startswith("step 5 loss"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    train("mmdense", tiny_musdb, split, steps=8, ema=0.9, **{**kw, "log": interrupt})
+    assert torch.load(split / "checkpoint.pt", weights_only=True)["step"] == 5
+    train("mmdense", tiny_musdb, split, steps=8, resume=True, **kw)  # keeps its average
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 8
+    for name, v in a["ema"]["model"].items():
+        assert torch.allclose(v.float(), b["ema"]["model"][name].float(), atol=1e-6), name
+    trained, averaged = a["model"], a["ema"]["model"]
+    assert max(float((trained[k].float() - averaged[k].float()).abs().max()) for k in trained) > 1e-4
+    best = torch.load(straight / "best.pt", weights_only=True)
+    assert best["step"] == 8  # best.pt is the average at the validated step, not the trained weights
+    for name, v in averaged.items():
+        assert torch.equal(best["model"][name], v), name
+    hyper = json.loads((straight / "config.json").read_text())["hyperparameters"]
+    assert hyper["ema"] == 0.9
+    with pytest.raises(ValueError, match=r"trained with --ema 0.9, not --ema 0.99; resume without --ema"):
+        train("mmdense", tiny_musdb, straight, steps=9, resume=True, ema=0.99, **kw)
+    plain = tmp_path / "plain"
+    train("mmdense", tiny_musdb, plain, steps=2, **kw)
+    assert "ema" not in torch.load(plain / "checkpoint.pt", weights_only=True)
+    with pytest.raises(ValueError, match="trained without weight averaging, not --ema 0.9"):
+        train("mmdense", tiny_musdb, plain, steps=3, resume=True, ema=0.9, **kw)
+    with pytest.raises(ValueError, match="ema decay must be in"):
+        train("mmdense", tiny_musdb, tmp_path / "bad", steps=1, ema=1.5, **kw)
+
+
+def test_ema_validation_scores_the_average(tiny_musdb: Path, tmp_path: Path, monkeypatch) -> None:
+    """The model validate() sees is the averaged copy, not the one the optimizer moves."""
+    import stemcli.train.loop as loop
+
+    seen = []
+    real = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda m, *a, **k: (seen.append(m), real(m, *a, **k))[1])
+    out = tmp_path / "run"
+    loop.train("mmdense", tiny_musdb, out, steps=2, batch=1, seconds=0.5, threads=1, val_every=2, val_excerpts=1,
+               val_seconds=0.5, config=TINY, ema=0.5, log=lambda m: None)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    state = seen[-1].state_dict()
+    for name, v in ck["ema"]["model"].items():
+        assert torch.equal(state[name], v), name
+    assert any(not torch.equal(state[k], ck["model"][k]) for k in state)
+
+
+def test_cli_train_ema_range(tiny_musdb: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from stemcli.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"),
+                                   "--steps", "1", "--ema", "1"])
+    assert res.exit_code != 0 and "--ema" in res.output
+    assert not (tmp_path / "r").exists()

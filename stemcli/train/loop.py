@@ -31,6 +31,14 @@ about 0.6 times as long (MMDenseNet 2.8 -> 1.8 s, Open-Unmix 4.2 -> 2.6 s at bat
 thread here; whole steps with data loading about 0.8 times); elsewhere bfloat16 is emulated and
 slower.
 
+Weight averaging (``ema``, off by default): a copy of the model whose weights and float
+buffers (BatchNorm statistics) follow the trained ones as an exponential moving average,
+``avg <- d * avg + (1 - d) * w`` after every step with ``d = min(ema, (1 + n) / (10 + n))`` at the
+n-th update (the short warm-up keeps the first validations from scoring the initial weights).
+With it, validation scores the averaged copy and ``best.pt`` holds its weights (what is
+exported); ``checkpoint.pt`` carries it for ``resume``.  (Hybrid Demucs, Défossez 2021, table 7:
+without the average its bass lost 0.42 dB.)
+
 Validation: plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per stem on fixed, unaugmented
 excerpts of the ``valid`` split (``test`` if there is no ``valid``), median over excerpts;
 excerpts where a stem is silent are skipped for that stem.
@@ -39,6 +47,7 @@ excerpts where a stem is silent are skipped for that stem.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -120,6 +129,45 @@ def validate(model: torch.nn.Module, excerpts: list[tuple[np.ndarray, np.ndarray
     vals = [v for v in out.values() if math.isfinite(v)]
     out["mean"] = float(np.mean(vals)) if vals else float("nan")
     return out
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and float buffers (see the module
+    docstring, "Weight averaging").
+
+    Args:
+        model: the trained model; a deep copy of it (in eval mode, no gradients) is the average.
+        decay: ``d`` in (0, 1) once warmed up; the averaging horizon is about ``1 / (1 - d)`` steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay!r}")
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.updates = 0
+
+    def update(self, model: torch.nn.Module) -> None:
+        """One step: float entries move toward ``model``'s, integer ones (BatchNorm's batch
+        count) are copied."""
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        src = model.state_dict()
+        with torch.no_grad():
+            for name, avg in self.model.state_dict().items():
+                if avg.dtype.is_floating_point:
+                    avg.lerp_(src[name], 1.0 - d)
+                else:
+                    avg.copy_(src[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
 
 
 def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +295,7 @@ def train(
     config: dict[str, Any] | None = None,
     loss_weights: dict[str, float] | None = None,
     precision: str | None = None,
+    ema: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train architecture ``plugin`` on the MUSDB-layout folder ``data`` into run folder ``out``.
@@ -287,6 +336,9 @@ def train(
         precision: ``"float32"`` (default) or ``"bfloat16"`` (autocast forward pass, see the
             module docstring).  Stored in the run's config (runs from before this option:
             float32); on resume like ``batch``.
+        ema: weight averaging decay in (0, 1), e.g. 0.999 (default: none; see the module
+            docstring).  Validation and ``best.pt`` then use the averaged weights.  Stored in
+            the run's config; a resumed run keeps its setting, and a different one is an error.
         log: where progress lines go.
 
     Returns:
@@ -309,6 +361,8 @@ def train(
         raise ValueError(f"lr must be > 0, got {lr}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ValueError(f"ema decay must be in (0, 1), got {ema}")
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise ValueError(f"{data}: dataset folder not found")
@@ -329,6 +383,11 @@ def train(
                              f"not {format_weights(loss_weights)}; resume without --loss-weight or use a new --out")
         loss_weights = stored
         hyper = run_cfg["hyperparameters"]
+        if ema is not None and ema != hyper.get("ema"):
+            was = "without weight averaging" if hyper.get("ema") is None else f"with --ema {hyper['ema']}"
+            raise ValueError(f"{cfg_path}: the run was trained {was}, not --ema {ema}; "
+                             "resume without --ema or use a new --out")
+        ema = hyper.get("ema")
         current = {k: hyper.get(k, v) for k, v in RESUMABLE.items()}  # precision: float32 before the option
         if current["precision"] not in PRECISIONS:
             raise ValueError(f"{cfg_path}: unknown precision {current['precision']!r} "
@@ -363,6 +422,8 @@ def train(
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
+        if ema is not None:
+            hyper["ema"] = float(ema)
         run_cfg = {"model": model_cfg, "data": data_card(data), "hyperparameters": hyper,
                    "commands": [command_line()]}
     batch, seconds, lr, precision = (settings[k] for k in ("batch", "seconds", "lr", "precision"))
@@ -381,12 +442,17 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     _write_json(run_cfg, cfg_path)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    average = WeightAverage(model, ema) if ema is not None else None
     rng = np.random.default_rng(seed)
     step, elapsed, best = 0, 0.0, -math.inf
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if average is not None:
+            if "ema" not in ck:
+                raise ValueError(f"{ckpt_path}: no weight average in the checkpoint of a run with --ema")
+            average.load_state_dict(ck["ema"])
         step, elapsed, best = int(ck["step"]), float(ck["elapsed"]), float(ck["best"])
         rng.bit_generator.state = json.loads(ck["numpy_rng"])
         torch.set_rng_state(ck["torch_rng"])
@@ -404,7 +470,8 @@ def train(
     log(f"{plugin}: {n_params / 1e6:.3f} M parameters, {len(train_set)} train tracks, "
         f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}, "
         f"allocator {active_allocator()}"
-        + ("" if precision == "float32" else f", {precision} forward"))
+        + ("" if precision == "float32" else f", {precision} forward")
+        + ("" if average is None else f", weight average {average.decay:g}"))
     if precision == "bfloat16" and not bf16_native():
         log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): it is emulated and slower than float32")
 
@@ -426,18 +493,20 @@ def train(
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "elapsed": elapsed, "best": best, "val_data": str(run_cfg["data"].get("root")),
                       "numpy_rng": json.dumps(rng.bit_generator.state),
-                      "torch_rng": torch.get_rng_state()}, ckpt_path)
+                      "torch_rng": torch.get_rng_state(),
+                      **({} if average is None else {"ema": average.state_dict()})}, ckpt_path)
 
     def _validate() -> None:
         nonlocal best
         t0 = time.time()
-        sdr = validate(model, excerpts, sources)
+        scored = model if average is None else average.model
+        sdr = validate(scored, excerpts, sources)
         rec = {"step": step, "elapsed": round(elapsed, 1), "val_sdr": sdr, "val_seconds": round(time.time() - t0, 1)}
         _emit(rec)
         log(f"step {step} val SDR " + " ".join(f"{k} {v:.2f}" for k, v in sdr.items()))
         if math.isfinite(sdr["mean"]) and sdr["mean"] > best:
             best = sdr["mean"]
-            _atomic_save({"model": model.state_dict(), "step": step, "val_sdr": best}, out / "best.pt")
+            _atomic_save({"model": scored.state_dict(), "step": step, "val_sdr": best}, out / "best.pt")
 
     model.train()
     losses: list[float] = []
@@ -462,6 +531,8 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            if average is not None:
+                average.update(model)
             step += 1
             losses.append(loss.item())
             elapsed += time.time() - t_step
@@ -511,13 +582,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loss-weight", action="append", default=[], metavar="SOURCE=W",
                    help="weight of one source in the L1 loss (repeatable)")
     p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--ema", type=float, default=None, help="weight averaging decay, e.g. 0.999")
     a = p.parse_args(argv)
     try:
         overrides = read_config_overrides(a.config) if a.config else None
         weights = parse_loss_weights(a.loss_weight) if a.loss_weight else None
         train(a.plugin, a.data, a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, resume=a.resume,
               seconds=a.seconds, lr=a.lr, threads=a.threads, seed=a.seed, val_every=a.val_every,
-              save_every=a.save_every, config=overrides, loss_weights=weights, precision=a.precision, log=lambda s: print(s, flush=True))
+              save_every=a.save_every, config=overrides, loss_weights=weights, precision=a.precision, ema=a.ema, log=lambda s: print(s, flush=True))
     except ValueError as exc:
         sys.exit(f"error: {exc}")
 
