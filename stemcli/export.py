@@ -83,9 +83,10 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         raise ValueError(f"{run_dir}: no best.pt or checkpoint.pt to export")
     ck = torch.load(f, map_location="cpu", weights_only=True)
     model = archs.build(run_cfg["model"])
-    model.load_state_dict(ck["model"])
+    averaged = name == "checkpoint.pt" and "ema" in ck  # a --ema run stopped before it validated
+    model.load_state_dict(ck["ema"]["model"] if averaged else ck["model"])
     model.eval()
-    info = {"weights": name, "step": int(ck.get("step", 0))}
+    info = {"weights": f"{name} (weight average)" if averaged else name, "step": int(ck.get("step", 0))}
     if "val_sdr" in ck:
         info["best_val_sdr_mean"] = float(ck["val_sdr"])
     return run_cfg, model, info

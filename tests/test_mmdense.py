@@ -41,6 +41,9 @@ def tiny_model(seed: int = 0, config: dict | None = None) -> MMDenseNet:
             torch.nn.init.normal_(mod.out.weight, std=0.5)
     if model.bass is not None:  # likewise
         torch.nn.init.normal_(model.bass.out.weight, std=0.5)
+        if model.bass.net.lstm is not None:  # positive biases before its ReLUs: the LSTM's path live
+            torch.nn.init.constant_(model.bass.net.lstm.squeeze[1].bias, 1.0)
+            torch.nn.init.constant_(model.bass.net.lstm.out[0].bias, 1.0)
     return model.eval()
 
 
@@ -100,6 +103,7 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_BASS, "bass": {"bins": 48}},  # above split_bin
      {**TINY_BASS, "bass": {"bins": 16, "lstm": -1}},
      {**TINY_BASS, "bass": {"bins": 16, "lstm": 2.5}},
+     {**TINY_BASS, "bass": {"bins": 0, "lstm": 4}},  # an LSTM without the branch
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 0}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": "4"}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 3}},  # 64 bins above conv_bin: not a multiple

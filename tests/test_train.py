@@ -416,32 +416,34 @@ def test_cli_help_shows_the_defaults_the_loop_uses() -> None:
     assert "[float32|bfloat16]" in text
 
 
-def test_weight_average_follows_the_weights_with_its_warm_up() -> None:
-    """Float entries move by ``1 - d`` toward the model's (``d = min(decay, (1 + n) / (10 + n))``),
-    integer buffers are copied, and the trained model is not touched."""
+def test_weight_average_is_the_mean_then_exponential() -> None:
+    """``d = min(decay, 1 - 1/n)``: the plain mean of the weights seen so far until the decay
+    caps it, then ``avg <- d * avg + (1 - d) * w``; integer buffers are copied, and the trained
+    model is not touched."""
     from stemcli.train.loop import WeightAverage
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    avg = WeightAverage(model, 0.5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    model[1].num_batches_tracked.fill_(7)
-    avg.update(model)  # n = 1: d = 2/11
-    avg.update(model)  # n = 2: d = min(0.5, 3/12) = 0.25
-    avg.update(model)  # n = 3: d = min(0.5, 4/13)
-    want = 1.0 - (2 / 11) * 0.25 * (4 / 13)  # the distance left to the weights, after three steps
-    got = avg.model.state_dict()
-    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
-        assert torch.allclose(got[name], start[name] + want, atol=1e-6), name
-        assert torch.allclose(model.state_dict()[name], start[name] + 1.0)
-    assert int(got["1.num_batches_tracked"]) == 7
-    assert not avg.model.training and not any(p.requires_grad for p in avg.model.parameters())
-    for _ in range(200):  # once warmed up, the decay itself: d = 0.5
-        avg.update(model)
-    assert torch.allclose(avg.model.state_dict()["0.bias"], start["0.bias"] + 1.0, atol=1e-6)
+    floats = ("0.weight", "0.bias", "1.weight", "1.bias")
+    slow, fast = WeightAverage(model, 0.9), WeightAverage(model, 0.5)
+    for i, offset in enumerate((1.0, 2.0, 4.0, 8.0)):  # the weights at steps 1-4: start + offset
+        with torch.no_grad():
+            for name in floats:
+                model.state_dict()[name].copy_(start[name] + offset)
+        model[1].num_batches_tracked.fill_(7 + i)
+        slow.update(model)
+        fast.update(model)
+    # 0.9: d = 0, 1/2, 2/3, 3/4 -> the mean of the four; 0.5: d = 0, 1/2, then capped at 1/2
+    want = {slow: (1 + 2 + 4 + 8) / 4, fast: 0.5 * (0.5 * (0.5 * 1 + 0.5 * 2) + 0.5 * 4) + 0.5 * 8}
+    for avg, offset in want.items():
+        got = avg.model.state_dict()
+        for name in floats:
+            assert torch.allclose(got[name], start[name] + offset, atol=1e-5), (avg.decay, name)
+        assert int(got["1.num_batches_tracked"]) == 10
+        assert not avg.model.training and not any(p.requires_grad for p in avg.model.parameters())
+    for name in floats:  # the trained model keeps its own weights
+        assert torch.allclose(model.state_dict()[name], start[name] + 8.0)
     with pytest.raises(ValueError, match="ema decay"):
         WeightAverage(model, 1.0)
 
@@ -484,6 +486,29 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(tiny_musdb: Path, 
         train("mmdense", tiny_musdb, plain, steps=3, resume=True, ema=0.9, **kw)
     with pytest.raises(ValueError, match="ema decay must be in"):
         train("mmdense", tiny_musdb, tmp_path / "bad", steps=1, ema=1.5, **kw)
+    cfg = json.loads((straight / "config.json").read_text())  # a hand-edited setting is checked
+    cfg["hyperparameters"]["ema"] = "0.99"
+    (straight / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json: hyperparameters.ema must be a number in \(0, 1\), got '0.99'"):
+        train("mmdense", tiny_musdb, straight, steps=9, resume=True, **kw)
+
+
+def test_export_of_an_ema_run_without_best_takes_the_average(tiny_musdb: Path, tmp_path: Path) -> None:
+    """A --ema run stopped before its first validation has no best.pt: export falls back to
+    checkpoint.pt and must take the averaged weights there, not the trained ones."""
+    from stemcli.export import _load_run
+
+    out = tmp_path / "run"
+    train("mmdense", tiny_musdb, out, steps=3, batch=1, seconds=0.5, threads=1, val_every=100, val_excerpts=1,
+          val_seconds=0.5, config=TINY, ema=0.9, log=lambda m: None)
+    (out / "best.pt").unlink()
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    _, model, info = _load_run(out)
+    state = model.state_dict()
+    assert info["weights"] == "checkpoint.pt (weight average)"
+    for name, v in ck["ema"]["model"].items():
+        assert torch.equal(state[name], v), name
+    assert any(not torch.equal(state[k], ck["model"][k]) for k in state)
 
 
 def test_ema_validation_scores_the_average(tiny_musdb: Path, tmp_path: Path, monkeypatch) -> None:

@@ -350,6 +350,8 @@ class MMDenseNet(nn.Module):
         bass_lstm = bass.get("lstm", 0)
         if not isinstance(bass_lstm, int) or isinstance(bass_lstm, bool) or bass_lstm < 0:
             raise ValueError(f"mmdense config: bass.lstm must be an integer >= 0 (0: none), got {bass_lstm!r}")
+        if bass_lstm and not self.bass_bin:
+            raise ValueError("mmdense config: bass.lstm needs a bass branch (bass.bins > 0)")
         if self.bass_bin and (self.bass_bin % max(bass_multiple, 2) or not 0 < self.bass_bin <= self.split_bin):
             raise ValueError(f"mmdense config: bass.bins={self.bass_bin} must be a multiple of "
                              f"{max(bass_multiple, 2)} in (0, split_bin={self.split_bin}]")

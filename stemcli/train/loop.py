@@ -33,11 +33,13 @@ slower.
 
 Weight averaging (``ema``, off by default): a copy of the model whose weights and float
 buffers (BatchNorm statistics) follow the trained ones as an exponential moving average,
-``avg <- d * avg + (1 - d) * w`` after every step with ``d = min(ema, (1 + n) / (10 + n))`` at the
-n-th update (the short warm-up keeps the first validations from scoring the initial weights).
-With it, validation scores the averaged copy and ``best.pt`` holds its weights (what is
-exported); ``checkpoint.pt`` carries it for ``resume``.  (Hybrid Demucs, Défossez 2021, table 7:
-without the average its bass lost 0.42 dB.)
+``avg <- d * avg + (1 - d) * w`` after every step with ``d = min(ema, 1 - 1 / n)`` at the n-th
+update: the plain mean of all the weights so far for the first ``1 / (1 - ema)`` steps (so the
+first validations do not score the initial weights), then the exponential average with that
+horizon (0.999: 1000 steps; the shipped recipe makes about 14000 in 90 minutes, Open-Unmix's
+about 3700).  With it, validation scores the averaged copy and ``best.pt`` holds its weights
+(what is exported; ``checkpoint.pt`` carries it for ``resume``).  An averaged copy of the
+weights is part of Hybrid Demucs's recipe (Défossez 2021).
 
 Validation: plain SDR ``10 log10(|s|^2 / |s - s_hat|^2)`` per stem on fixed, unaugmented
 excerpts of the ``valid`` split (``test`` if there is no ``valid``), median over excerpts;
@@ -153,7 +155,7 @@ class WeightAverage:
         """One step: float entries move toward ``model``'s, integer ones (BatchNorm's batch
         count) are copied."""
         self.updates += 1
-        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        d = min(self.decay, 1.0 - 1.0 / self.updates)  # the mean so far, then exponential
         src = model.state_dict()
         with torch.no_grad():
             for name, avg in self.model.state_dict().items():
@@ -388,6 +390,8 @@ def train(
             raise ValueError(f"{cfg_path}: the run was trained {was}, not --ema {ema}; "
                              "resume without --ema or use a new --out")
         ema = hyper.get("ema")
+        if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
+            raise ValueError(f"{cfg_path}: hyperparameters.ema must be a number in (0, 1), got {ema!r}")
         current = {k: hyper.get(k, v) for k, v in RESUMABLE.items()}  # precision: float32 before the option
         if current["precision"] not in PRECISIONS:
             raise ValueError(f"{cfg_path}: unknown precision {current['precision']!r} "
