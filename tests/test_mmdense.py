@@ -471,13 +471,8 @@ def test_bass_branch_starts_as_a_no_op_and_acts_only_below_its_bins() -> None:
 def test_bass_lstm_sees_the_whole_input_below_its_bins(lstm: int) -> None:
     """With ``bass.lstm`` a change in the first frames of the lowest bins reaches the bass
     branch's logits at the last frame; without it the branch's reach is a few frames."""
-    torch.manual_seed(0)
     cfg = {**TINY_BASS_LSTM, "bass": {**TINY_BASS_LSTM["bass"], "lstm": lstm}}
-    model = MMDenseNet(cfg).double().eval()
-    torch.nn.init.normal_(model.bass.out.weight, std=0.5)
-    if lstm:  # positive biases before the ReLUs: random weights could leave the path dead
-        torch.nn.init.constant_(model.bass.net.lstm.squeeze[1].bias, 1.0)
-        torch.nn.init.constant_(model.bass.net.lstm.out[0].bias, 1.0)
+    model = tiny_model(0, cfg).double()  # the bass output visible, the LSTM's path live
     nb = cfg["bass"]["bins"]
     inp = torch.rand(1, 2, 96, nb, dtype=torch.float64)
     changed = inp.clone()
