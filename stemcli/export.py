@@ -66,7 +66,13 @@ class ExportError(RuntimeError):
     """The exported model does not reproduce the torch model (or cannot be exported)."""
 
 
-def _load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+def load_run(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """A training run's config, its torch model (``best.pt``, else ``checkpoint.pt`` and its
+    weight average if it has one; eval mode) and where the weights came from.
+
+    Raises:
+        ValueError: naming ``run_dir``: no ``config.json``, or no weights.
+    """
     import torch
 
     from stemcli.train import archs
@@ -348,9 +354,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
 
     import torch
 
+    frontend = _frontend(model)  # a model that cannot be exported refuses here, before any file
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
-    frontend = _frontend(model)
     if frontend is None:
         net, example = model, torch.zeros(1, channels, 44100)
         names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
@@ -438,7 +444,7 @@ def export_run(
     elif run_dir.is_file():
         raise ValueError(f"{run_dir}: not a training run folder or a model card (.json)")
     else:
-        run_cfg, model, info = _load_run(run_dir)
+        run_cfg, model, info = load_run(run_dir)
     weights = weights or "float32"
     if segment is None:
         segment = float(source_card.get("segment", 30.0)) if source_card else 30.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stemcli_mmdense.model import DEFAULT_CONFIG, FrameBranch, MMDenseNet, PerSourceFrame
+from stemcli_mmdense.model import DEFAULT_CONFIG, FrameBranch, MMDenseNet, PerSourceFrame, WaveCorrection, lowpass_fir
 
 from conftest import TINY_MMDENSE as TINY, onnx_and_torch
 
@@ -24,6 +24,8 @@ TINY_FRAME_PS = {**TINY_FRAME, "frame": {"hidden": 6, "per_source": True}}  # on
 TINY_BASS = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 2]}}
 # the bass branch with a bidirectional LSTM of 4 units at its bottleneck (4 rows of 16 bins)
 TINY_BASS_LSTM = {**TINY_FRAME, "bass": {"bins": 16, "channels": 3, "growth": 3, "layers": [1, 1, 2], "lstm": 4}}
+# a zero-sum waveform correction between drums and bass at 1/8 of the rate
+TINY_WAVE = {**TINY, "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}
 # per-source frame branches seeing and answering the bins above conv_bin in groups of 4
 TINY_POOL = {**TINY_BASS, "frame": {"hidden": 6, "per_source": True, "pool": 4}}
 
@@ -107,7 +109,18 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 0}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": "4"}},
      {**TINY_FRAME, "frame": {"hidden": 6, "pool": 3}},  # 64 bins above conv_bin: not a multiple
-     {**TINY_FRAME, "conv_bin": 128, "frame": {"hidden": 6, "pool": 2}}],  # no bins above conv_bin
+     {**TINY_FRAME, "conv_bin": 128, "frame": {"hidden": 6, "pool": 2}},  # no bins above conv_bin
+     {**TINY, "wave": {"hidden": -1}},
+     {**TINY, "wave": {"hidden": 4, "decimate": 0}},
+     {**TINY, "wave": {"hidden": 4, "kernel": 4}},  # even kernel
+     {**TINY, "wave": {"hidden": 4, "layers": 1.5}},
+     {**TINY, "wave": {"hidden": 4, "pair": ["drums", "drums"]}},
+     {**TINY, "wave": {"hidden": 4, "pair": ["drums", "piano"]}},
+     {**TINY, "wave": {"hidden": 4, "pair": "drums"}},
+     {**TINY, "wave": {"hidden": True}},
+     {**TINY, "wave": {"hiden": 4}},  # a misspelt field would silently leave the branch out
+     {**TINY, "wave": 5},
+     {**TINY, "wave": {"hidden": 4, "layers": 17}}],
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -506,3 +519,93 @@ def test_exported_mask_graph_sums_the_sources_with_adds(tmp_path) -> None:
         logits = model.logits_from_log(torch.from_numpy(logmag)).reshape(1, 4, 2, 24, -1)
     want = torch.softmax(logits, dim=1)[:, :3].numpy()
     assert np.max(np.abs(got - want)) < 1e-5
+
+
+def test_wave_resampling_keeps_the_low_band_and_removes_the_high() -> None:
+    """The decimating low-pass has unit gain at 0 Hz; down then up gives back a 100 Hz tone
+    (away from the ends) and nearly nothing of a 5 kHz one, at 1/32 of 44.1 kHz (Nyquist 689 Hz)."""
+    fir = lowpass_fir(32)
+    assert fir.numel() == 257 and abs(float(fir.sum()) - 1.0) < 1e-6
+    wc = WaveCorrection(1, (0, 1), 32, 4, 1, 3).double()
+    t = torch.arange(44100, dtype=torch.float64) / 44100
+    low, high = torch.sin(2 * torch.pi * 100 * t), torch.sin(2 * torch.pi * 5000 * t)
+    x = torch.stack([low, high]).reshape(1, 2, -1)
+    down = wc.down(x)
+    assert down.shape == (1, 2, -(-44100 // 32))
+    back = wc.up(down, 44100)
+    assert back.shape == x.shape
+    # the polyphase forms equal the plain filters: a stride-D convolution with the taps centred
+    # on each kept sample, and a transposed one with D times the taps
+    h = fir.double().reshape(1, 1, -1)
+    plain_down = torch.nn.functional.conv1d(x.reshape(2, 1, -1), h, stride=32, padding=128).reshape(1, 2, -1)
+    assert torch.allclose(down, plain_down, atol=1e-12)
+    plain_up = torch.nn.functional.conv_transpose1d(down.reshape(2, 1, -1), 32 * h, stride=32)[..., 128 : 128 + 44100]
+    assert torch.allclose(back, plain_up.reshape(1, 2, -1), atol=1e-12)
+    mid = slice(2000, -2000)
+    assert torch.max(torch.abs(back[0, 0, mid] - low[mid])) < 5e-3  # -46 dB: passband ripple of two passes
+    assert torch.max(torch.abs(back[0, 1, mid])) < 2e-3
+
+
+def test_wave_correction_starts_as_a_no_op_and_moves_low_band_audio_between_the_pair() -> None:
+    """With the output layer at zero the model equals the one without the branch; with random
+    weights only drums and bass change, by opposite amounts (the stems still sum to the
+    mixture), and the change has no energy above the decimated band."""
+    torch.manual_seed(0)
+    with_wave = MMDenseNet(TINY_WAVE).eval()
+    without = MMDenseNet(TINY).eval()
+    missing, unexpected = without.load_state_dict(with_wave.state_dict(), strict=False)
+    assert not missing and all(k.startswith("wave.") for k in unexpected)
+    wave = torch.randn(2, 2, 6000)
+    with torch.no_grad():
+        base = without(wave)
+        assert torch.equal(with_wave(wave), base)
+        torch.nn.init.normal_(with_wave.wave.out.weight, std=0.5)
+        torch.nn.init.normal_(with_wave.wave.out.bias, std=0.5)
+        out = with_wave(wave)
+    d = out - base
+    names = list(TINY_WAVE.get("sources", DEFAULT_CONFIG["sources"]))
+    i, j = names.index("drums"), names.index("bass")
+    assert torch.max(torch.abs(d[:, i])) > 1e-3
+    assert torch.allclose(d[:, i], -d[:, j], atol=1e-6)
+    others = [k for k in range(len(names)) if k not in (i, j)]
+    assert torch.equal(d[:, others], torch.zeros_like(d[:, others]))
+    assert torch.allclose(out.sum(dim=1), wave, atol=1e-5)
+    spec = torch.fft.rfft(d[:, i, :, 1000:-1000].double(), dim=-1).abs() ** 2
+    freqs = torch.fft.rfftfreq(4000, 1 / 44100)
+    assert spec[..., freqs > 44100 / 8 / 2 * 1.2].sum() < 1e-4 * spec.sum()
+
+
+def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:
+    """Whatever the branch outputs, the other stems are the mask model's, bit for bit; and a
+    model whose sources are not the default pair builds as long as the branch is off."""
+    torch.manual_seed(0)
+    model = MMDenseNet(TINY_WAVE).eval()
+    wave = torch.randn(1, 2, 3000)
+    with torch.no_grad():
+        base = model(wave)
+        torch.nn.init.constant_(model.wave.out.bias, float("inf"))
+        out = model(wave)
+    assert torch.equal(out[:, [0, 3]], base[:, [0, 3]])
+    assert not torch.isfinite(out[:, 1]).all()
+    MMDenseNet({**TINY, "sources": ["speaker1", "speaker2"]})
+    with pytest.raises(ValueError, match="wave.pair must name two different sources"):
+        MMDenseNet({**TINY, "sources": ["speaker1", "speaker2"], "wave": {"hidden": 4}})
+
+
+def test_wave_correction_learns_and_is_refused_by_the_exporter(tmp_path) -> None:
+    """A backward pass reaches the branch (its zero output layer first), and export names the
+    missing ONNX path instead of writing a graph without the branch."""
+    from stemcli.export import export_model
+
+    torch.manual_seed(1)
+    model = MMDenseNet(TINY_WAVE)
+    wave = torch.randn(1, 2, 4000)
+    model(wave)[:, 1].abs().mean().backward()
+    assert model.wave.out.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match=r"no ONNX export yet .*benchmarks/run_eval\.py"):
+        model.frontend()
+    with pytest.raises(ValueError, match="no ONNX export yet"):
+        model.mask_net()
+    with pytest.raises(ValueError, match="no ONNX export yet"):
+        export_model(model.eval(), tmp_path / "out" / "m.onnx", 2)
+    assert not (tmp_path / "out").exists()

@@ -496,14 +496,14 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(tiny_musdb: Path, 
 def test_export_of_an_ema_run_without_best_takes_the_average(tiny_musdb: Path, tmp_path: Path) -> None:
     """A --ema run stopped before its first validation has no best.pt: export falls back to
     checkpoint.pt and must take the averaged weights there, not the trained ones."""
-    from stemcli.export import _load_run
+    from stemcli.export import load_run
 
     out = tmp_path / "run"
     train("mmdense", tiny_musdb, out, steps=3, batch=1, seconds=0.5, threads=1, val_every=100, val_excerpts=1,
           val_seconds=0.5, config=TINY, ema=0.9, log=lambda m: None)
     (out / "best.pt").unlink()
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    _, model, info = _load_run(out)
+    _, model, info = load_run(out)
     state = model.state_dict()
     assert info["weights"] == "checkpoint.pt (weight average)"
     for name, v in ck["ema"]["model"].items():
@@ -537,3 +537,48 @@ def test_cli_train_ema_range(tiny_musdb: Path, tmp_path: Path) -> None:
                                    "--steps", "1", "--ema", "1"])
     assert res.exit_code != 0 and "--ema" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, tmp_path: Path, capsys) -> None:
+    """An mmdense run with the "wave" correction (no ONNX export) trains (the branch's zero
+    output layer moves), and benchmarks/run_eval.py scores it with museval in torch: the SDR of
+    the run's best.pt weights (not checkpoint.pt's), rebuilt here from config.json in eval mode,
+    applied to the track and scored by museval directly, stem by stem."""
+    import importlib.util
+
+    from stemcli.evaluate import bss_eval, read_track
+    from stemcli.train import archs
+
+    out = tmp_path / "run"
+    cfg = {**TINY, "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}
+    train("mmdense", tiny_musdb, out, steps=4, batch=1, seconds=0.5, lr=3e-3, threads=1, val_every=4,
+          val_excerpts=1, val_seconds=0.5, config=cfg, log=lambda m: None)
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert best["wave.out.weight"].abs().max() > 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)  # other weights there: loading it would show
+    ck["model"] = {k: v * 0.5 if v.dtype.is_floating_point else v for k, v in ck["model"].items()}
+    torch.save(ck, out / "checkpoint.pt")
+    run_cfg = json.loads((out / "config.json").read_text())["model"]
+    model = archs.build(run_cfg)
+    model.load_state_dict(best)
+    model.eval()
+    mix, rate, refs = read_track(tiny_musdb / "valid" / "track0")
+    with torch.no_grad():
+        est = model(torch.from_numpy(mix[None].astype(np.float32)))[0].numpy()
+    names = list(run_cfg["sources"])
+    frames = bss_eval({k: refs[k] for k in names}, {k: est[i] for i, k in enumerate(names)}, rate)
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_eval.py"
+    spec = importlib.util.spec_from_file_location("run_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main([f"w={out}", "--data", str(tiny_musdb), "--split", "valid", "--json-dir", str(tmp_path / "j")])
+    assert rc == 0
+    result = json.loads((tmp_path / "j" / "w.json").read_text())
+    assert result["run"]["weights"] == "best.pt" and result["run"]["step"] == 4
+    assert sorted(result["per_track"]["track0"]) == sorted(names)
+    for k in names:
+        want = float(np.nanmedian(frames[k]["SDR"]))
+        assert abs(result["per_track"]["track0"][k]["SDR"] - want) < 1e-3, k
+    rc = mod.main([f"x={tmp_path / 'nothing'}", "--data", str(tiny_musdb), "--json-dir", str(tmp_path / "j")])
+    assert rc == 1 and "error: x: " in capsys.readouterr().err

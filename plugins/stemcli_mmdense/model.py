@@ -39,6 +39,9 @@ and the exported graph returns their masks apart, once for all channels (the fro
 ``split``, see :meth:`MMDenseNet.frontend`).  An optional
 bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
+An optional waveform correction (``"wave": {"hidden": H}``, :class:`WaveCorrection`) moves a
+low-band waveform between two stems (drums and bass by default) after the inverse STFT; it
+trains and runs in torch, and has no ONNX export yet.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # full-resolution bass path on the lowest ``bins`` bins (0: none): see BassBranch
     # ("lstm": H > 0: a bidirectional LSTM of H units over time at its bottleneck, see BassBranch)
     "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2], "lstm": 0},
+    # zero-sum waveform correction between two stems at a decimated rate (hidden 0: none): see
+    # WaveCorrection
+    "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5},
 }
 
 
@@ -230,6 +236,101 @@ class BassBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.net(self.stem(x)))
+
+
+def lowpass_fir(decimate: int) -> torch.Tensor:
+    """Hann-windowed sinc low-pass for decimating by ``decimate``: ``8 * decimate + 1`` taps,
+    unit gain at 0 Hz, -6 dB at 0.45 of the decimated rate (0.9 of its Nyquist frequency):
+    about -3 dB at 0.40, -10 dB at 0.5 and below -44 dB from 0.7 of it on, so a little of the
+    band up to ~0.65 of the decimated rate aliases; fine for a learned correction
+    ``[shape=(8 * decimate + 1,)]`` float32."""
+    n = 8 * decimate + 1
+    k = torch.arange(n, dtype=torch.float64) - n // 2
+    fc = 0.45 / decimate  # cycles per input sample
+    h = 2 * fc * torch.sinc(2 * fc * k) * torch.hann_window(n + 2, periodic=False, dtype=torch.float64)[1:-1]
+    return (h / h.sum()).float()
+
+
+class WaveCorrection(nn.Module):
+    """A zero-sum waveform correction between two stems, in the band below about the decimated
+    Nyquist frequency (see :func:`lowpass_fir` for the filter's transition band).
+
+    The mask model's softmax decides, per time-frequency bin, how a bin's energy is shared; the
+    kick drum and the bass share the bins below ~250 Hz, where most of both stems' error lies
+    (``benchmarks/band_errors.py``), and a ratio mask there cannot follow the waveform within a
+    93 ms frame.  This branch sees the waveforms themselves at a low rate: the mixture and the
+    two stems' current estimates, low-passed and decimated by ``decimate`` (1378 Hz at 44.1 kHz
+    / 32), go through a stack of dilated 1-d convolutions (``layers`` residual blocks, dilation
+    1, 2, 4, ..., kernel ``kernel``: a receptive field of ``1 + (kernel - 1)(2^layers - 1)``
+    decimated samples, 0.37 s by default), whose output ``delta`` is interpolated back with
+    the same low-pass and **added to the first stem and subtracted from the second**: the stems
+    still sum to the mixture.  The output layer starts at zero (a no-op at initialisation).
+
+    Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
+    time)]``; output ``est`` with the pair corrected (a new tensor).
+    """
+
+    def __init__(self, channels: int, pair: tuple[int, int], decimate: int, hidden: int, layers: int,
+                 kernel: int) -> None:
+        super().__init__()
+        self.pair, self.decimate = pair, decimate
+        # the low-pass in polyphase form: tap q * D + p of the 8 D + 1 taps at [p, q] (zero past
+        # the last tap), so decimation is a matrix product and interpolation a stride-1
+        # convolution (a stride-D convolution with one channel took 4-10 times as long in torch
+        # on this CPU)
+        fir = torch.cat([lowpass_fir(decimate), torch.zeros(decimate - 1)]).reshape(9, decimate).t()  # [D, 9]
+        self.register_buffer("fir_down", fir.contiguous(), persistent=False)
+        self.register_buffer("fir_up", (decimate * fir.flip(1)).reshape(decimate, 1, 9).contiguous(), persistent=False)
+        self.inp = nn.Conv1d(3 * channels, hidden, 1)
+        self.blocks = nn.ModuleList(
+            nn.Conv1d(hidden, hidden, kernel, dilation=2**i, padding=(kernel // 2) * 2**i) for i in range(layers)
+        )
+        self.out = nn.Conv1d(hidden, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """Low-pass and keep every ``D``-th sample (sample ``k`` is centred on input sample
+        ``k * D``): ``[B, N, T] -> [B, N, ceil(T / D)]``."""
+        b, n, t = x.shape
+        d = self.decimate
+        frames = -(-t // d)
+        # 4 D zeros before (the filter's half length), then up to (frames + 8) D samples
+        x = nn.functional.pad(x.reshape(b * n, t), (4 * d, (frames + 8) * d - t - 4 * d))
+        # every block of D samples against the 9 polyphase filters (one matrix product), then
+        # y[k] = sum over q of block k + q's product with filter q
+        z = x.reshape(b * n, frames + 8, d) @ self.fir_down  # [BN, frames + 8, 9]
+        y = z[:, 0:frames, 0]
+        for q in range(1, 9):
+            y = y + z[:, q : q + frames, q]
+        return y.reshape(b, n, frames)
+
+    def up(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """Interpolate back with the same low-pass (gain ``D``): ``[B, N, L] -> [B, N, length]``,
+        ``length <= L * D``."""
+        b, n, frames = x.shape
+        d = self.decimate
+        y = nn.functional.conv1d(nn.functional.pad(x.reshape(b * n, 1, frames), (4, 4)), self.fir_up)  # [BN, D, L]
+        return y.transpose(1, 2).reshape(b, n, frames * d)[..., :length]
+
+    def delta(self, mix: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """The correction ``[shape=(batch, channels, time)]`` from the three waveforms of that shape."""
+        with torch.autocast("cpu", enabled=False):  # the resampling stays float32 under --precision bfloat16
+            low = self.down(torch.cat([mix, first, second], dim=1).float())
+        y = self.inp(low)
+        for conv in self.blocks:
+            y = y + conv(nn.functional.relu(y))
+        y = self.out(nn.functional.relu(y))
+        with torch.autocast("cpu", enabled=False):
+            return self.up(y.float(), mix.shape[-1])
+
+    def forward(self, mix: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
+        i, j = self.pair
+        d = self.delta(mix, est[:, i], est[:, j]).to(est.dtype)
+        out = est.clone()  # the other stems untouched, whatever d holds
+        out[:, i] = est[:, i] + d
+        out[:, j] = est[:, j] - d
+        return out
 
 
 class MDenseNet(nn.Module):
@@ -388,6 +489,45 @@ class MMDenseNet(nn.Module):
         frame_bins = self.conv_bin + (self.max_bin - self.conv_bin) // pool
         self.frame = frame_cls(self.n_ch, frame_bins, self.n_src, hidden, frame_layers) if hidden else None
         self.bass = BassBranch(self.n_ch, self.n_src, bass) if self.bass_bin else None
+        self.wave = self._wave_branch(cfg.get("wave"), list(cfg["sources"]))
+
+    def _wave_branch(self, given: Any, sources: list[str]) -> WaveCorrection | None:
+        """The :class:`WaveCorrection` of a ``"wave"`` config (missing fields take the defaults),
+        or None (``hidden`` 0, or no config).
+
+        Raises:
+            ValueError: not an object, an unknown field (a misspelt one would silently leave
+                the branch out), a field of the wrong type or range, or a pair that is not two
+                different sources of the model.
+        """
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            raise ValueError(f"mmdense config: wave must be an object like {{\"hidden\": 16}}, got {given!r}")
+        unknown = sorted(set(given) - set(DEFAULT_CONFIG["wave"]))
+        if unknown:
+            raise ValueError(f"mmdense config: unknown wave field(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(DEFAULT_CONFIG['wave'])})")
+        wave = {**DEFAULT_CONFIG["wave"], **given}
+        def _int(key: str, low: int) -> int:
+            v = wave.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"mmdense config: wave.{key} must be an integer >= {low}, got {v!r}")
+            return v
+
+        hidden, decimate, layers, kernel = _int("hidden", 0), _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
+        if layers > 16:
+            raise ValueError(f"mmdense config: wave.layers={layers}: at most 16 (the dilation doubles per layer)")
+        if kernel % 2 == 0:
+            raise ValueError(f"mmdense config: wave.kernel must be odd, got {kernel}")
+        if not hidden:  # the default pair need not be sources of this model
+            return None
+        pair = wave.get("pair")
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]
+                or any(p not in sources for p in pair)):
+            raise ValueError(f"mmdense config: wave.pair must name two different sources of {sources}, got {pair!r}")
+        return WaveCorrection(self.n_ch, (sources.index(pair[0]), sources.index(pair[1])), decimate, hidden,
+                              layers, kernel)
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:
         """Mask logits from magnitudes, for the bins below ``max_bin``.
@@ -535,6 +675,7 @@ class MMDenseNet(nn.Module):
             [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
         """
         if torch.onnx.is_in_onnx_export():
+            self._exportable()
             return self._forward_exportable(wave)
         b, c, t = wave.shape
         n_fft, hop = self.stft.n_fft, self.stft.hop
@@ -546,7 +687,8 @@ class MMDenseNet(nn.Module):
         # transposes of the spectrogram or its gradient (istft_frames)
         masked = torch.view_as_complex(torch.view_as_real(spec).unsqueeze(1) * m.unsqueeze(-1))
         est = istft_frames(masked, n_fft, hop, t)  # [B, S-1, C, T]
-        return torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
+        est = torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
+        return est if self.wave is None else self.wave(wave, est)
 
     def _forward_exportable(self, wave: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with the matmul STFT modules, for a one-graph ONNX export. Args:
@@ -575,6 +717,11 @@ class MMDenseNet(nn.Module):
         last = wave - est.sum(dim=1)
         return torch.cat([est, last.unsqueeze(1)], dim=1)
 
+    def _exportable(self) -> None:
+        if self.wave is not None:
+            raise ValueError("mmdense config: the \"wave\" correction has no ONNX export yet "
+                             "(it trains and runs in torch; evaluate a run with benchmarks/run_eval.py)")
+
     @property
     def _split(self) -> bool:
         """Whether the masks above ``conv_bin`` are the frame branch's alone (one per source and
@@ -584,13 +731,23 @@ class MMDenseNet(nn.Module):
     def frontend(self) -> dict[str, Any]:
         """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`); with
         bins above ``conv_bin``, ``split`` there: the graph's second output holds their masks
-        once for all channels."""
+        once for all channels.
+
+        Raises:
+            ValueError: the model has a ``"wave"`` correction (no ONNX export yet).
+        """
+        self._exportable()
         return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
                 "eps": MAG_EPS, "residual": True, "input": "log1p", **({"split": self.conv_bin} if self._split else {})}
 
     def mask_net(self) -> nn.Module:
         """The part exported to ONNX: ``log1p(mag) [B, C, F, max_bin] -> masks [B, S - 1, C, F, max_bin]``,
-        or the two outputs of :meth:`masks_from_log` with ``split`` (see :meth:`frontend`)."""
+        or the two outputs of :meth:`masks_from_log` with ``split`` (see :meth:`frontend`).
+
+        Raises:
+            ValueError: the model has a ``"wave"`` correction (no ONNX export yet).
+        """
+        self._exportable()
         return _MaskNet(self)
 
 
