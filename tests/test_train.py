@@ -582,3 +582,36 @@ def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, t
         assert abs(result["per_track"]["track0"][k]["SDR"] - want) < 1e-3, k
     rc = mod.main([f"x={tmp_path / 'nothing'}", "--data", str(tiny_musdb), "--json-dir", str(tmp_path / "j")])
     assert rc == 1 and "error: x: " in capsys.readouterr().err
+
+
+def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path) -> None:
+    """export/finetune_wave.py: on a finished run, only the "wave" branch moves; every other
+    weight (BatchNorm statistics included) is the run's; it refuses a config without the branch
+    and an existing output folder."""
+    import importlib.util
+
+    base = tmp_path / "base"
+    train("mmdense", tiny_musdb, base, steps=2, batch=1, seconds=0.5, threads=1, val_every=2, val_excerpts=1,
+          val_seconds=0.5, config=TINY, log=lambda m: None)
+    cfg = tmp_path / "wave.json"
+    cfg.write_text(json.dumps({"wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}))
+    path = Path(__file__).resolve().parents[1] / "export" / "finetune_wave.py"
+    spec = importlib.util.spec_from_file_location("finetune_wave", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "w"
+    args = ["--run", str(base), "--config", str(cfg), "--data", str(tiny_musdb), "--minutes", "0.03",
+            "--out", str(out), "--seconds", "0.5", "--batch", "1", "--lr", "3e-3"]
+    assert mod.main(args) == 0
+    before = torch.load(base / "best.pt", weights_only=True)["model"]
+    after = torch.load(out / "best.pt", weights_only=True)["model"]
+    assert set(after) - set(before) == {k for k in after if k.startswith("wave.")}
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    assert after["wave.out.weight"].abs().max() > 0
+    assert json.loads((out / "config.json").read_text())["model"]["wave"]["hidden"] == 4
+    assert mod.main(args) == 1  # the folder exists now
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert mod.main(["--run", str(base), "--config", str(plain), "--data", str(tiny_musdb), "--minutes", "0.01",
+                     "--out", str(tmp_path / "x")]) == 1
