@@ -75,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [data.sample(rng) for _ in range(args.batch)]
         mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
         ref = torch.from_numpy(np.stack([s for _, s in pairs]))
-        model.wave = None  # the frozen mask model's stems, without building a graph
-        with torch.no_grad():
-            base = model(mix)
-        model.wave = wave
+        with torch.no_grad():  # the frozen mask model's stems, without building a graph
+            base = model.mask_stems(mix)
         loss = weighted_l1(wave(mix, base), ref, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()

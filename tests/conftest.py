@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -50,6 +52,16 @@ TINY_MMDENSE = {
     "full": {"growth": 4, "layers": [1, 1], "pool": [2, 2], "lstm": 4},
     "final": {"channels": 8, "growth": 4, "layers": 1},
 }
+
+
+def load_script(relative: str) -> ModuleType:
+    """A repository script that is not a package module (``benchmarks/quality.py``,
+    ``export/finetune_wave.py``, ...), imported from its path."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_") + "_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def tone(seconds: float, sr: int = 44100, channels: int = 2, seed: int = 0, noise: float = 0.01) -> np.ndarray:

@@ -19,6 +19,8 @@ from stemcli.evaluate import EvaluationError, aggregate, evaluate, find_tracks
 from stemcli.oracle import OracleSeparator, ideal_ratio_mask
 from stemcli.plugins import Separator
 
+from conftest import load_script
+
 SR = 44100
 SECONDS = 3.0
 
@@ -396,13 +398,7 @@ def test_phase_sensitive_oracle_separator() -> None:
 
 
 def _quality_script() -> ModuleType:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/quality.py")
 
 
 def test_results_record_the_mixture_fingerprint(two: Path, tmp_path: Path) -> None:
@@ -534,12 +530,7 @@ class _SplitAt1k(Separator):
 def test_band_errors_put_a_leak_in_its_band(two: Path, tmp_path: Path) -> None:
     """benchmarks/band_errors.py: twice the leak of the accompaniment into the vocals is +6.02 dB of
     vocals error in the accompaniment's bands (50-500 Hz) and no change where the leak is not."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "band_errors.py"
-    spec = importlib.util.spec_from_file_location("band_errors_benchmark", path)
-    b = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(b)
+    b = load_script("benchmarks/band_errors.py")
     tone = np.sin(2 * np.pi * 60 * np.arange(SR) / SR)[None].repeat(2, 0)
     e = b.band_energy(tone, SR)
     assert e[0] / e.sum() > 0.99  # a 60 Hz tone: all in 0-100 Hz

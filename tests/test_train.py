@@ -14,7 +14,7 @@ import torch
 
 from stemcli.train.loop import simple_sdr, train
 
-from conftest import TINY_MMDENSE as TINY
+from conftest import TINY_MMDENSE as TINY, load_script
 
 torch.set_num_threads(1)
 RATE = 44100
@@ -544,8 +544,6 @@ def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, t
     output layer moves), and benchmarks/run_eval.py scores it with museval in torch: the SDR of
     the run's best.pt weights (not checkpoint.pt's), rebuilt here from config.json in eval mode,
     applied to the track and scored by museval directly, stem by stem."""
-    import importlib.util
-
     from stemcli.evaluate import bss_eval, read_track
     from stemcli.train import archs
 
@@ -568,10 +566,7 @@ def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, t
     names = list(run_cfg["sources"])
     frames = bss_eval({k: refs[k] for k in names}, {k: est[i] for i, k in enumerate(names)}, rate)
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_eval.py"
-    spec = importlib.util.spec_from_file_location("run_eval", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/run_eval.py")
     rc = mod.main([f"w={out}", "--data", str(tiny_musdb), "--split", "valid", "--json-dir", str(tmp_path / "j")])
     assert rc == 0
     result = json.loads((tmp_path / "j" / "w.json").read_text())
@@ -588,17 +583,12 @@ def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path)
     """export/finetune_wave.py: on a finished run, only the "wave" branch moves; every other
     weight (BatchNorm statistics included) is the run's; it refuses a config without the branch
     and an existing output folder."""
-    import importlib.util
-
     base = tmp_path / "base"
     train("mmdense", tiny_musdb, base, steps=2, batch=1, seconds=0.5, threads=1, val_every=2, val_excerpts=1,
           val_seconds=0.5, config=TINY, log=lambda m: None)
     cfg = tmp_path / "wave.json"
     cfg.write_text(json.dumps({"wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}))
-    path = Path(__file__).resolve().parents[1] / "export" / "finetune_wave.py"
-    spec = importlib.util.spec_from_file_location("finetune_wave", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("export/finetune_wave.py")
     out = tmp_path / "w"
     args = ["--run", str(base), "--config", str(cfg), "--data", str(tiny_musdb), "--minutes", "0.03",
             "--out", str(out), "--seconds", "0.5", "--batch", "1", "--lr", "3e-3"]

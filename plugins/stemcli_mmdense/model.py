@@ -509,6 +509,7 @@ class MMDenseNet(nn.Module):
             raise ValueError(f"mmdense config: unknown wave field(s) {', '.join(unknown)} "
                              f"(known: {', '.join(DEFAULT_CONFIG['wave'])})")
         wave = {**DEFAULT_CONFIG["wave"], **given}
+
         def _int(key: str, low: int) -> int:
             v = wave.get(key)
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -677,6 +678,16 @@ class MMDenseNet(nn.Module):
         if torch.onnx.is_in_onnx_export():
             self._exportable()
             return self._forward_exportable(wave)
+        est = self.mask_stems(wave)
+        return est if self.wave is None else self.wave(wave, est)
+
+    def mask_stems(self, wave: torch.Tensor) -> torch.Tensor:
+        """The stems of the masks alone, before any ``"wave"`` correction. Args:
+            wave: [shape=(batch, channels, time)].
+
+        Returns:
+            [shape=(batch, sources, channels, time)]; the sources sum to ``wave``.
+        """
         b, c, t = wave.shape
         n_fft, hop = self.stft.n_fft, self.stft.hop
         spec = stft_native(wave, n_fft, hop, self.max_bin).transpose(-1, -2)  # [B, C, F, max_bin]
@@ -687,8 +698,7 @@ class MMDenseNet(nn.Module):
         # transposes of the spectrogram or its gradient (istft_frames)
         masked = torch.view_as_complex(torch.view_as_real(spec).unsqueeze(1) * m.unsqueeze(-1))
         est = istft_frames(masked, n_fft, hop, t)  # [B, S-1, C, T]
-        est = torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
-        return est if self.wave is None else self.wave(wave, est)
+        return torch.cat([est, (wave - est.sum(dim=1)).unsqueeze(1)], dim=1)
 
     def _forward_exportable(self, wave: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with the matmul STFT modules, for a one-graph ONNX export. Args:
