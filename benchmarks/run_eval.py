@@ -1,7 +1,7 @@
 """Score training runs in torch, without exporting them: museval (BSS Eval v4) on a split.
 
-For a config that has no ONNX export (``stemcli_mmdense``'s ``"wave"`` correction) and for the
-run it is compared with, which then goes through the same path: each run's ``config.json`` and
+For comparing training runs before any is exported (a pair of runs then goes through the same
+path, whatever its graphs would be): each run's ``config.json`` and
 ``best.pt`` (``checkpoint.pt`` and its weight average without one, as ``stemcli export`` takes
 them) are rebuilt in torch and run on each whole track at once (no time parts, so no seams),
 one thread unless ``--threads``.  Writes one ``stemcli evaluate --json`` file per run, which

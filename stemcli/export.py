@@ -12,7 +12,10 @@
    and ``masks_high``: :func:`stemcli.spectral.graph_outputs`) with dynamic ``batch`` and
    ``frames`` axes, the card recording the front end; otherwise the whole model, input ``mix [batch, channels,
    time]``, output ``stems [batch, sources, channels, time]``, dynamic ``batch`` and ``time``;
-3. runs onnxruntime (through the front end, if any) and torch on random audio and on real audio (``check_audio``, else an
+   a model with a ``post()`` entry (``stemcli_mmdense``'s ``"wave"`` correction) also gets a
+   second graph, ``NAME.post.onnx``, run after the inverse STFT (:mod:`stemcli.wavepost`),
+   which the card lists as ``files.post`` (sha256 checked like the first) and ``post``;
+3. runs onnxruntime (through the front end and the post graph, if any) and torch on random audio and on real audio (``check_audio``, else an
    excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
    difference exceeds ``tolerance`` (1e-4);
 4. (steps 2-3 work on a hidden staging file next to ``NAME.onnx``: a failure leaves an existing
@@ -198,32 +201,57 @@ def _frontend(model: Any) -> dict[str, Any] | None:
     return check_frontend(model.frontend(), type(model).__name__) if callable(getattr(model, "frontend", None)) else None
 
 
-def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, n_sources: int) -> Any:
+def _post(model: Any) -> dict[str, Any] | None:
+    """A model's checked ``post`` entry (:mod:`stemcli.wavepost`), or None."""
+    from stemcli.wavepost import check_post
+
+    post = model.post() if callable(getattr(model, "post", None)) else None
+    return None if post is None else check_post(post, model.config["sources"], type(model).__name__)
+
+
+def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list[str],
+                 post: tuple[dict[str, Any], Path] | None = None) -> Any:
     """``mix [batch, channels, time] -> stems [batch, sources, channels, time]`` with the graph
-    at ``onnx_path`` on onnxruntime, through ``frontend`` (a checked card entry) if given; the
-    whole input at once (no chunking), as the parity check compares it with torch."""
+    at ``onnx_path`` on onnxruntime, through ``frontend`` (a checked card entry) if given, then
+    the post graph (a checked ``post`` entry and its file) if given; the whole input at once (no
+    chunking), as the parity check compares it with torch."""
     import onnxruntime as ort
 
     from stemcli.runtime import session_options
     from stemcli.spectral import graph_outputs, separate_with_masks
+    from stemcli.wavepost import apply_post
 
     sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
+    n_sources = len(sources)
     if frontend is None:
-        return lambda x: sess.run(None, {name: x})[0]
-    out_names = list(graph_outputs(frontend, n_sources))
-    return lambda x: separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
+        def base(x: np.ndarray) -> np.ndarray:
+            return np.array(sess.run(None, {name: x})[0], np.float32)
+    else:
+        out_names = list(graph_outputs(frontend, n_sources))
+
+        def base(x: np.ndarray) -> np.ndarray:
+            return separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
+    if post is None:
+        return base
+    entry, post_path = post
+    post_sess = ort.InferenceSession(str(post_path), session_options(), providers=["CPUExecutionProvider"])
+    post_in = post_sess.get_inputs()[0].name
+    return lambda x: apply_post(entry, lambda low: post_sess.run(None, {post_in: low})[0], x, base(x), sources)
 
 
 def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE,
                  stems: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Largest |onnxruntime - torch| of the stems per named input (``mix [batch, channels,
-    time]``); raise :class:`ExportError` above ``tolerance``.  ``stems``, if given, receives
+    time]``); raise :class:`ExportError` above ``tolerance``.  A model with a post graph is run
+    with the one at :func:`post_path` of ``onnx_path``.  ``stems``, if given, receives
     onnxruntime's stems per input (a re-export compares them with the previous graph's)."""
     import torch
 
-    n_src = int(getattr(model, "n_src", 0)) or len(getattr(model, "config", {}).get("sources", ()))
-    run = graph_runner(onnx_path, _frontend(model), n_src)
+    sources = list(model.config["sources"])
+    post = _post(model)
+    run = graph_runner(onnx_path, _frontend(model), sources,
+                       None if post is None else (post, post_path(onnx_path)))
     diffs = {}
     for label, x in inputs.items():
         with torch.inference_mode():
@@ -250,9 +278,14 @@ def _compare_with_card(card: dict[str, Any], onnx_path: Path, new_stems: dict[st
     from stemcli.modelcard import model_file
     from stemcli.spectral import check_frontend
 
+    from stemcli.wavepost import check_post
+
     previous_path = model_file(card, "onnx")
     old = check_frontend(card["frontend"], str(previous_path)) if card.get("frontend") else None
-    previous = graph_runner(previous_path, old, len(card["sources"]))
+    old_post = None
+    if card.get("post") is not None:
+        old_post = (check_post(card["post"], card["sources"], str(previous_path)), model_file(card, "post"))
+    previous = graph_runner(previous_path, old, list(card["sources"]), old_post)
     diffs = {}
     for label, x in inputs.items():
         diffs[label] = float(np.max(np.abs(new_stems[label] - previous(x))))
@@ -347,16 +380,52 @@ def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELE
     return stats
 
 
-def export_model(model: Any, onnx_path: Path, channels: int) -> None:
-    """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
-    (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time)."""
+def post_path(onnx_path: Path) -> Path:
+    """Where the post graph of the model at ``onnx_path`` goes: ``NAME.post.onnx`` beside ``NAME.onnx``."""
+    return onnx_path.with_name(onnx_path.stem + ".post.onnx")
+
+
+def _onnx_export(net: Any, example: Any, path: Path, names: list[str], axes: dict[str, dict[int, str]]) -> None:
+    """``torch.onnx.export`` of ``net`` to one self-contained file at ``path`` (written under a
+    temporary name first).
+
+    Raises:
+        ExportError: the exporter failed or wrote external data.
+    """
     import warnings
 
     import torch
 
+    tmp = path.with_name(path.stem + ".partial.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                net, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=names[:1], output_names=names[1:], dynamic_axes=axes,
+            )
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"{path}: torch.onnx.export failed: {exc}") from exc
+    side = tmp.with_name(tmp.name + ".data")
+    if side.exists():
+        side.unlink()
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{path}: exporter wrote external data; model too large for one file")
+    os.replace(tmp, path)
+
+
+def export_model(model: Any, onnx_path: Path, channels: int) -> None:
+    """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
+    (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time).  A
+    model with a ``post()`` entry also gets its ``post_net()`` at :func:`post_path` (input
+    ``low [batch, 3 * channels, frames]``, output ``delta [batch, channels, frames]``, dynamic
+    batch and frames: :mod:`stemcli.wavepost`)."""
+    import torch
+
     frontend = _frontend(model)  # a model that cannot be exported refuses here, before any file
+    post = _post(model)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(onnx_path.stem + ".partial.onnx")
     if frontend is None:
         net, example = model, torch.zeros(1, channels, 44100)
         names, axes = ["mix", "stems"], {"mix": {0: "batch", 2: "time"}, "stems": {0: "batch", 3: "time"}}
@@ -367,22 +436,14 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
         inp = graph_input(frontend)[0]
         outs = list(graph_outputs(frontend, len(model.config["sources"])))  # masks (, masks_high)
         names, axes = [inp, *outs], {inp: {0: "batch", 2: "frames"}, **{o: {0: "batch", 3: "frames"} for o in outs}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    _onnx_export(net, example, onnx_path, names, axes)
+    if post is not None:
         try:
-            torch.onnx.export(
-                net, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                input_names=names[:1], output_names=names[1:], dynamic_axes=axes,
-            )
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise ExportError(f"{onnx_path}: torch.onnx.export failed: {exc}") from exc
-    side = tmp.with_name(tmp.name + ".data")
-    if side.exists():
-        side.unlink()
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"{onnx_path}: exporter wrote external data; model too large for one file")
-    os.replace(tmp, onnx_path)
+            _onnx_export(model.post_net().eval(), torch.randn(1, 3 * channels, 100), post_path(onnx_path),
+                         ["low", "delta"], {"low": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "frames"}})
+        except BaseException:
+            onnx_path.unlink(missing_ok=True)
+            raise
 
 
 def export_run(
@@ -466,19 +527,25 @@ def export_run(
     # everything is built and checked under a staging name first: a failure leaves an existing
     # model at out_onnx (and its .pt and card) as it was
     staging = out_onnx.with_name(f".{out_onnx.stem}.staging.onnx")
+    post = _post(model)
     try:
         export_model(model, staging, channels)
         if weights == "float16":
             stored["onnx_float16"] = store_initializers_float16(staging)
+            if post is not None:
+                stored["post_float16"] = store_initializers_float16(post_path(staging))
         new_stems: dict[str, np.ndarray] = {}
         diffs = check_parity(model, staging, inputs, tolerance, stems=new_stems)
         if source_card is not None:  # the carried-over SDR was measured on the source's graph
             to_previous = _compare_with_card(source_card, staging, new_stems, inputs, tolerance)
     except ExportError as exc:
         staging.unlink(missing_ok=True)
-        raise ExportError(str(exc).replace(str(staging), str(out_onnx))) from exc
+        post_path(staging).unlink(missing_ok=True)
+        raise ExportError(str(exc).replace(str(post_path(staging)), str(post_path(out_onnx)))
+                          .replace(str(staging), str(out_onnx))) from exc
     except BaseException:
         staging.unlink(missing_ok=True)
+        post_path(staging).unlink(missing_ok=True)
         raise
 
     pt_path = out_onnx.with_suffix(".pt")
@@ -488,6 +555,8 @@ def export_run(
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, tmp)
     os.replace(tmp, pt_path)
+    if post is not None:
+        os.replace(post_path(staging), post_path(out_onnx))
     os.replace(staging, out_onnx)
 
     frontend = _frontend(model)
@@ -504,6 +573,11 @@ def export_run(
             k = frontend["split"]
             io["output"] = (f"masks [batch, {m}, channels, frames, {k}] float32 (bins below {k}), "
                             f"masks_high [batch, {m}, 1, frames, bins - {k}] float32 (above, every channel)")
+    if post is not None:
+        first, second = post["pair"]
+        io["post"] = (f"low [batch, 3 x channels, frames] float32 (mixture, {first}, {second}, decimated by "
+                      f"{post['decimate']}) -> delta [batch, channels, frames] float32 (interpolated back, added to "
+                      f"{first}, subtracted from {second})")
     if source_card is not None:  # the same weights: their training record carries over
         training = {k: v for k, v in (source_card.get("training") or {}).items() if k != "reexport"}
         training["reexport"] = {"card": str(run_dir), "onnx_sha256": source_card.get("sha256"),
@@ -530,9 +604,12 @@ def export_run(
         "files": {
             "onnx": {"path": out_onnx.name, "sha256": sha256_file(out_onnx), "bytes": out_onnx.stat().st_size},
             "torch": {"path": pt_path.name, "sha256": sha256_file(pt_path), "bytes": pt_path.stat().st_size},
+            **({"post": {"path": post_path(out_onnx).name, "sha256": sha256_file(post_path(out_onnx)),
+                         "bytes": post_path(out_onnx).stat().st_size}} if post else {}),
         },
         "io": io,
         **({"frontend": frontend} if frontend else {}),
+        **({"post": post} if post else {}),
         "config": mcfg,
         "training": training,
         "metrics": metrics or {},

@@ -8,6 +8,7 @@ loader refuses a file that was changed or truncated after export::
      "channels": 2, "segment": 10.0, "context": 0.5,
      "files": {"onnx": {"path": "mmdense.onnx", "sha256": "..."},
                "torch": {"path": "mmdense.pt", "sha256": "..."}},
+               # and "post": {"path": "NAME.post.onnx", ...} with a "post" entry (stemcli.wavepost)
      "config": {...architecture config...}, "training": {...}, "metrics": {...}, "command": "..."}
 
 No torch or onnxruntime import here (``stemcli list`` reads cards).
@@ -80,7 +81,8 @@ def save_card(card: dict[str, Any], path: str | Path) -> Path:
 
 
 def model_file(card: dict[str, Any], kind: str = "onnx", verify: bool = True) -> Path:
-    """Path of the card's ``kind`` file (``onnx`` or ``torch``), sha256-verified.
+    """Path of the card's ``kind`` file (``onnx``, ``torch``, or ``post``: the second graph of a
+    card with a ``post`` entry, :mod:`stemcli.wavepost`), sha256-verified.
 
     Raises:
         ModelFileError: the card has no such file, the file is missing, or its sha256 differs

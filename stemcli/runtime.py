@@ -7,7 +7,8 @@ refused with a message naming it.
 
 * ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file (a
   waveform-to-stems graph, or, when the card has a ``frontend``, a magnitudes-to-masks graph
-  run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`).  An input
+  run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`; with a ``post``
+  entry, a second graph corrects two stems after the inverse, :mod:`stemcli.wavepost`).  An input
   longer than ``PART_SECONDS`` is cut in time parts of at most that length (each with
   ``context`` seconds of real neighbouring audio, joined by a short linear cross-fade); the
   cut depends on the input length only, never on the thread count, so the stems are the same
@@ -168,27 +169,63 @@ class OnnxSeparator(Separator):
             from stemcli.spectral import check_frontend
 
             self.frontend = check_frontend(card["frontend"], str(card.get("_path", self.name)))
+        self.post = None
+        if card.get("post") is not None:
+            from stemcli.wavepost import check_post
+
+            self.post = check_post(card["post"], self.sources, str(card.get("_path", self.name)))
         self.workers = 1
         self._pool: ThreadPoolExecutor | None = None
         if backend == "onnx":
             path = model_file(card, "onnx")
+            post_file = model_file(card, "post") if self.post is not None else None
             n = int(threads) if threads else (os.cpu_count() or 1)
             if parallel == "time" and n > 1:
                 self.workers = n
-                self._run = self._onnx_runner(path, intra=1)  # one thread per time part
+                self._run = self._onnx_runner(path, intra=1, post_file=post_file)  # one thread per time part
                 self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="stemcli-ort")
             else:
-                self._run = self._onnx_runner(path, intra=threads)  # parts in turn, intra-op threads
+                self._run = self._onnx_runner(path, intra=threads, post_file=post_file)  # parts in turn
         else:
             self._run = self._torch_runner(model_file(card, "torch"))
 
-    def _onnx_runner(self, path: Path, intra: int | None) -> Any:
+    def _onnx_runner(self, path: Path, intra: int | None, post_file: Path | None = None) -> Any:
+        """The card's graph(s) on onnxruntime as ``mix [batch, channels, time] -> stems``: the
+        mask graph through the front end if the card has one, then the post graph if given."""
+        run = self._onnx_graph_runner(path, intra)
+        if post_file is None:
+            return run
+        from stemcli.wavepost import apply_post
+
+        post_session = self._session(post_file, intra)
+        ins, outs = post_session.get_inputs(), post_session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ValueError(f"{post_file}: a post graph has one input and one output, this one "
+                             f"{len(ins)} and {len(outs)}")
+        post, sources, in_name = self.post, self.sources, ins[0].name
+
+        def graph(low: np.ndarray) -> np.ndarray:
+            return post_session.run(None, {in_name: low})[0]
+
+        def run_with_post(mix: np.ndarray) -> np.ndarray:
+            est = np.asarray(run(mix), np.float32)  # a fresh array from the front end: corrected in place
+            return apply_post(post, graph, mix, est if est.flags.writeable else est.copy(), sources)
+
+        return run_with_post
+
+    @staticmethod
+    def _session(path: Path, intra: int | None) -> Any:
         import onnxruntime as ort
 
         try:
-            session = ort.InferenceSession(str(path), session_options(intra), providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(path), session_options(intra), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{path}: onnxruntime cannot load this model ({exc})") from exc
+
+    def _onnx_graph_runner(self, path: Path, intra: int | None) -> Any:
+        import onnxruntime as ort
+
+        session = self._session(path, intra)
         in_name = session.get_inputs()[0].name
         if not hasattr(self, "session"):
             self.session = session  # for reports (thread settings)
@@ -261,6 +298,10 @@ class OnnxSeparator(Separator):
         except Exception as exc:  # unpickling / shape errors: name the file
             raise ValueError(f"{path}: cannot load the state dict into '{self.card['architecture']}' ({exc})") from exc
         net.eval()
+        has_post = callable(getattr(net, "post", None)) and net.post() is not None
+        if has_post != (self.post is not None):
+            raise ValueError(f"{self.card.get('_path', self.name)}: the card {'has' if self.post else 'has no'} "
+                             f"post entry, its architecture config {'has' if has_post else 'has no'} post graph")
 
         def run(mix: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -592,20 +592,26 @@ def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:
         MMDenseNet({**TINY, "sources": ["speaker1", "speaker2"], "wave": {"hidden": 4}})
 
 
-def test_wave_correction_learns_and_is_refused_by_the_exporter(tmp_path) -> None:
-    """A backward pass reaches the branch (its zero output layer first), and export names the
-    missing ONNX path instead of writing a graph without the branch."""
-    from stemcli.export import export_model
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter, called directly below
+def test_wave_correction_learns_and_exports_as_a_second_graph(tmp_path) -> None:
+    """A backward pass reaches the branch (its zero output layer first); export writes the mask
+    graph and the post graph (the branch's convolutions), while a one-graph export of the whole
+    model is refused rather than written without the branch."""
+    from stemcli.export import export_model, post_path
 
     torch.manual_seed(1)
     model = MMDenseNet(TINY_WAVE)
     wave = torch.randn(1, 2, 4000)
     model(wave)[:, 1].abs().mean().backward()
     assert model.wave.out.weight.grad.abs().max() > 0
-    with pytest.raises(ValueError, match=r"no ONNX export yet .*benchmarks/run_eval\.py"):
-        model.frontend()
-    with pytest.raises(ValueError, match="no ONNX export yet"):
-        model.mask_net()
-    with pytest.raises(ValueError, match="no ONNX export yet"):
-        export_model(model.eval(), tmp_path / "out" / "m.onnx", 2)
-    assert not (tmp_path / "out").exists()
+    assert model.post() == {"type": "wave-pair", "pair": ["drums", "bass"], "decimate": 8}
+    assert MMDenseNet(TINY).post() is None
+    with pytest.raises(ValueError, match="no \"wave\" correction, so no post graph"):
+        MMDenseNet(TINY).post_net()
+    low = torch.randn(2, 6, 50)
+    assert model.post_net()(low).shape == (2, 2, 50)
+    out = tmp_path / "out" / "m.onnx"
+    export_model(model.eval(), out, 2)
+    assert out.is_file() and post_path(out) == tmp_path / "out" / "m.post.onnx" and post_path(out).is_file()
+    with pytest.raises(ValueError, match="one-graph export has no \"wave\" correction"):
+        torch.onnx.export(model, (wave,), str(tmp_path / "whole.onnx"), dynamo=False, opset_version=17)

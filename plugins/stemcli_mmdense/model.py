@@ -40,8 +40,9 @@ and the exported graph returns their masks apart, once for all channels (the fro
 bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 An optional waveform correction (``"wave": {"hidden": H}``, :class:`WaveCorrection`) moves a
-low-band waveform between two stems (drums and bass by default) after the inverse STFT; it
-trains and runs in torch, and has no ONNX export yet.
+low-band waveform between two stems (drums and bass by default) after the inverse STFT; its
+convolutions at the decimated rate are exported as a second graph (:meth:`MMDenseNet.post_net`),
+which the runtime runs between numpy resampling (:mod:`stemcli.wavepost`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stemcli import wavepost
 from stemcli.transforms import ISTFT, STFT, istft_frames, stft_native
 
 MAG_EPS = 1e-10  # magnitude = sqrt(re^2 + im^2 + MAG_EPS)
@@ -239,16 +241,10 @@ class BassBranch(nn.Module):
 
 
 def lowpass_fir(decimate: int) -> torch.Tensor:
-    """Hann-windowed sinc low-pass for decimating by ``decimate``: ``8 * decimate + 1`` taps,
-    unit gain at 0 Hz, -6 dB at 0.45 of the decimated rate (0.9 of its Nyquist frequency):
-    about -3 dB at 0.40, -10 dB at 0.5 and below -44 dB from 0.7 of it on, so a little of the
-    band up to ~0.65 of the decimated rate aliases; fine for a learned correction
+    """The decimating low-pass of :class:`WaveCorrection`, :func:`stemcli.wavepost.lowpass_fir`
+    (the runtime of the exported post graph filters with the same taps)
     ``[shape=(8 * decimate + 1,)]`` float32."""
-    n = 8 * decimate + 1
-    k = torch.arange(n, dtype=torch.float64) - n // 2
-    fc = 0.45 / decimate  # cycles per input sample
-    h = 2 * fc * torch.sinc(2 * fc * k) * torch.hann_window(n + 2, periodic=False, dtype=torch.float64)[1:-1]
-    return (h / h.sum()).float()
+    return torch.from_numpy(wavepost.lowpass_fir(decimate))
 
 
 class WaveCorrection(nn.Module):
@@ -313,14 +309,20 @@ class WaveCorrection(nn.Module):
         y = nn.functional.conv1d(nn.functional.pad(x.reshape(b * n, 1, frames), (4, 4)), self.fir_up)  # [BN, D, L]
         return y.transpose(1, 2).reshape(b, n, frames * d)[..., :length]
 
+    def core(self, low: torch.Tensor) -> torch.Tensor:
+        """The convolutions at the decimated rate (the exported post graph, see
+        :mod:`stemcli.wavepost`): ``low [B, 3 * channels, L]`` (mixture, first, second) ->
+        ``delta [B, channels, L]``."""
+        y = self.inp(low)
+        for conv in self.blocks:
+            y = y + conv(nn.functional.relu(y))
+        return self.out(nn.functional.relu(y))
+
     def delta(self, mix: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """The correction ``[shape=(batch, channels, time)]`` from the three waveforms of that shape."""
         with torch.autocast("cpu", enabled=False):  # the resampling stays float32 under --precision bfloat16
             low = self.down(torch.cat([mix, first, second], dim=1).float())
-        y = self.inp(low)
-        for conv in self.blocks:
-            y = y + conv(nn.functional.relu(y))
-        y = self.out(nn.functional.relu(y))
+        y = self.core(low)
         with torch.autocast("cpu", enabled=False):
             return self.up(y.float(), mix.shape[-1])
 
@@ -729,8 +731,8 @@ class MMDenseNet(nn.Module):
 
     def _exportable(self) -> None:
         if self.wave is not None:
-            raise ValueError("mmdense config: the \"wave\" correction has no ONNX export yet "
-                             "(it trains and runs in torch; evaluate a run with benchmarks/run_eval.py)")
+            raise ValueError("mmdense config: the one-graph export has no \"wave\" correction; export the "
+                             "mask graph and the post graph (stemcli export, see frontend() and post())")
 
     @property
     def _split(self) -> bool:
@@ -741,24 +743,41 @@ class MMDenseNet(nn.Module):
     def frontend(self) -> dict[str, Any]:
         """The STFT front end of the exported mask graph (see :mod:`stemcli.spectral`); with
         bins above ``conv_bin``, ``split`` there: the graph's second output holds their masks
-        once for all channels.
-
-        Raises:
-            ValueError: the model has a ``"wave"`` correction (no ONNX export yet).
-        """
-        self._exportable()
+        once for all channels."""
         return {"type": "stft-masks", "n_fft": self.stft.n_fft, "hop": self.stft.hop, "bins": self.max_bin,
                 "eps": MAG_EPS, "residual": True, "input": "log1p", **({"split": self.conv_bin} if self._split else {})}
 
     def mask_net(self) -> nn.Module:
         """The part exported to ONNX: ``log1p(mag) [B, C, F, max_bin] -> masks [B, S - 1, C, F, max_bin]``,
-        or the two outputs of :meth:`masks_from_log` with ``split`` (see :meth:`frontend`).
+        or the two outputs of :meth:`masks_from_log` with ``split`` (see :meth:`frontend`)."""
+        return _MaskNet(self)
+
+    def post(self) -> dict[str, Any] | None:
+        """The card's ``post`` entry of a model with a ``"wave"`` correction (the second ONNX
+        graph, run after the inverse STFT: :mod:`stemcli.wavepost`), else None."""
+        if self.wave is None:
+            return None
+        names = list(self.config["sources"])
+        return {"type": wavepost.POST_TYPE, "pair": [names[k] for k in self.wave.pair], "decimate": self.wave.decimate}
+
+    def post_net(self) -> nn.Module:
+        """The post graph: ``low [B, 3 * channels, L] -> delta [B, channels, L]`` (:meth:`WaveCorrection.core`).
 
         Raises:
-            ValueError: the model has a ``"wave"`` correction (no ONNX export yet).
+            ValueError: the model has no ``"wave"`` correction.
         """
-        self._exportable()
-        return _MaskNet(self)
+        if self.wave is None:
+            raise ValueError("mmdense config: no \"wave\" correction, so no post graph")
+        return _PostNet(self.wave)
+
+
+class _PostNet(nn.Module):
+    def __init__(self, wave: WaveCorrection) -> None:
+        super().__init__()
+        self.wave = wave
+
+    def forward(self, low: torch.Tensor) -> torch.Tensor:
+        return self.wave.core(low)
 
 
 class _MaskNet(nn.Module):
