@@ -4,7 +4,7 @@ An early test of the waveform correction (``stemcli_mmdense.model.WaveCorrection
 weights are loaded into the architecture of ``--config`` (its config plus a ``"wave"`` entry; the
 branch starts at zero), everything else is frozen (BatchNorm in eval mode), and only the branch
 is trained, with the L1 loss on the waveforms and the trainer's data and augmentation, for
-``--minutes``.  The result is written as a run folder (``config.json``, ``best.pt``) that
+``--minutes`` (or ``--steps``, whichever ends first).  The result is written as a run folder (``config.json``, ``best.pt``) that
 ``benchmarks/run_eval.py`` scores.  It is not the issue's comparison (the mask net trained for
 its own budget first); the from-scratch run of the same config is.
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, required=True, help="architecture overrides with a \"wave\" entry")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--minutes", type=float, required=True)
+    ap.add_argument("--steps", type=int, default=None, help="stop after this many steps if the minutes last longer")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     from stemcli.train.loop import merge_config, read_config_overrides, weighted_l1
 
     torch.set_num_threads(1)
+    if args.steps is not None and args.steps < 1:
+        print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
+        return 1
     if args.out.exists():
         print(f"error: {args.out} exists (not overwritten)", file=sys.stderr)
         return 1
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                        channels=int(cfg["channels"]))
     rng = np.random.default_rng(args.seed)
     t0, step, losses = time.time(), 0, []
-    while time.time() - t0 < args.minutes * 60:
+    while time.time() - t0 < args.minutes * 60 and (args.steps is None or step < args.steps):
         pairs = [data.sample(rng) for _ in range(args.batch)]
         mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
         ref = torch.from_numpy(np.stack([s for _, s in pairs]))

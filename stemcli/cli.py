@@ -235,7 +235,9 @@ def export_cmd(run_dir, output, check_audio, weights, force) -> None:
         card = export_run(run_dir, output, check_audio=check_audio, weights=weights)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
-    click.echo(f"wrote {output} and {output.with_suffix('.json')} (sha256 {str(card.get('sha256', ''))[:12]}...)", err=True)
+    written = [str(output.with_name(f["path"])) for f in card["files"].values()]
+    click.echo(f"wrote {', '.join(written)} and {output.with_suffix('.json')} "
+               f"(sha256 {str(card.get('sha256', ''))[:12]}...)", err=True)
 
 
 @cli.command()

@@ -18,10 +18,11 @@
 3. runs onnxruntime (through the front end and the post graph, if any) and torch on random audio and on real audio (``check_audio``, else an
    excerpt of the run's validation data) and raises :class:`ExportError` if the largest absolute
    difference exceeds ``tolerance`` (1e-4);
-4. (steps 2-3 work on a hidden staging file next to ``NAME.onnx``: a failure leaves an existing
+4. (steps 2-3 work on hidden staging files next to ``NAME.onnx``: a failure leaves an existing
    model there, its ``.pt`` and its card as they were) writes ``NAME.pt`` (the ``state_dict``
-   only), moves the checked file to ``NAME.onnx`` and writes the card ``NAME.json`` with the
-   sha256 of both files, the training data card, steps and time, validation SDR, optional measured
+   only), moves the checked file(s) to ``NAME.onnx`` (and ``NAME.post.onnx``; one left by an
+   earlier model of that name without a post graph is removed) and writes the card ``NAME.json`` with the
+   sha256 of every file, the training data card, steps and time, validation SDR, optional measured
    metrics and the exact command.
 
 ``weights="float16"`` halves the files: the weights are first rounded to the nearest float16
@@ -209,6 +210,16 @@ def _post(model: Any) -> dict[str, Any] | None:
     return None if post is None else check_post(post, model.config["sources"], type(model).__name__)
 
 
+def _alignment(model: Any, mcfg: dict[str, Any], post: dict[str, Any] | None) -> int:
+    """Samples by which an input may shift without changing the model's grids: the STFT hop x
+    the network's time stride, and with a post graph also its decimation (the least common
+    multiple), so that time parts start on the whole input's grids."""
+    import math
+
+    align = int(getattr(model, "multiple", 1)) * int(mcfg.get("hop", 1))
+    return math.lcm(align, int(post["decimate"])) if post else align
+
+
 def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list[str],
                  post: tuple[dict[str, Any], Path] | None = None) -> Any:
     """``mix [batch, channels, time] -> stems [batch, sources, channels, time]`` with the graph
@@ -234,10 +245,13 @@ def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list
             return separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
     if post is None:
         return base
-    entry, post_path = post
-    post_sess = ort.InferenceSession(str(post_path), session_options(), providers=["CPUExecutionProvider"])
+    entry, post_file = post
+    try:
+        post_sess = ort.InferenceSession(str(post_file), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"{post_file}: onnxruntime cannot load this post graph ({_one_line(exc)})") from exc
     post_in = post_sess.get_inputs()[0].name
-    return lambda x: apply_post(entry, lambda low: post_sess.run(None, {post_in: low})[0], x, base(x), sources)
+    return lambda x: apply_post(entry, lambda blocks: post_sess.run(None, {post_in: blocks})[0], x, base(x), sources)
 
 
 def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE,
@@ -248,7 +262,9 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
     onnxruntime's stems per input (a re-export compares them with the previous graph's)."""
     import torch
 
-    sources = list(model.config["sources"])
+    sources = [str(k) for k in getattr(model, "config", {}).get("sources", ())]
+    if not sources:  # a model without a config: its sources by number
+        sources = [str(k) for k in range(int(getattr(model, "n_src", 0)))]
     post = _post(model)
     run = graph_runner(onnx_path, _frontend(model), sources,
                        None if post is None else (post, post_path(onnx_path)))
@@ -419,8 +435,8 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
     (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time).  A
     model with a ``post()`` entry also gets its ``post_net()`` at :func:`post_path` (input
-    ``low [batch, 3 * channels, frames]``, output ``delta [batch, channels, frames]``, dynamic
-    batch and frames: :mod:`stemcli.wavepost`)."""
+    ``blocks [batch, 3 * channels, frames + 8, decimate]``, output ``delta [batch, channels,
+    frames * decimate]``, dynamic batch and frames: :mod:`stemcli.wavepost`)."""
     import torch
 
     frontend = _frontend(model)  # a model that cannot be exported refuses here, before any file
@@ -439,8 +455,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     _onnx_export(net, example, onnx_path, names, axes)
     if post is not None:
         try:
-            _onnx_export(model.post_net().eval(), torch.randn(1, 3 * channels, 100), post_path(onnx_path),
-                         ["low", "delta"], {"low": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "frames"}})
+            example = torch.randn(1, 3 * channels, 100 + 8, post["decimate"])
+            _onnx_export(model.post_net().eval(), example, post_path(onnx_path), ["blocks", "delta"],
+                         {"blocks": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "samples"}})
         except BaseException:
             onnx_path.unlink(missing_ok=True)
             raise
@@ -553,11 +570,15 @@ def export_run(
     state = model.state_dict()
     if weights == "float16":  # exact: the values were rounded above
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    torch.save(state, tmp)
-    os.replace(tmp, pt_path)
-    if post is not None:
-        os.replace(post_path(staging), post_path(out_onnx))
-    os.replace(staging, out_onnx)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, pt_path)
+        if post is not None:
+            os.replace(post_path(staging), post_path(out_onnx))
+        os.replace(staging, out_onnx)
+    finally:  # nothing staged is left behind, whatever stopped the moves
+        for f in (tmp, post_path(staging), staging):
+            f.unlink(missing_ok=True)
 
     frontend = _frontend(model)
     if frontend is None:
@@ -575,9 +596,10 @@ def export_run(
                             f"masks_high [batch, {m}, 1, frames, bins - {k}] float32 (above, every channel)")
     if post is not None:
         first, second = post["pair"]
-        io["post"] = (f"low [batch, 3 x channels, frames] float32 (mixture, {first}, {second}, decimated by "
-                      f"{post['decimate']}) -> delta [batch, channels, frames] float32 (interpolated back, added to "
-                      f"{first}, subtracted from {second})")
+        d = post["decimate"]
+        io["post"] = (f"blocks [batch, 3 x channels, frames + 8, {d}] float32 (mixture, {first}, {second}, zero-padded "
+                      f"by {4 * d} samples before, in blocks of {d}) -> delta [batch, channels, frames x {d}] float32 "
+                      f"(added to {first}, subtracted from {second})")
     if source_card is not None:  # the same weights: their training record carries over
         training = {k: v for k, v in (source_card.get("training") or {}).items() if k != "reexport"}
         training["reexport"] = {"card": str(run_dir), "onnx_sha256": source_card.get("sha256"),
@@ -598,7 +620,7 @@ def export_run(
         "channels": channels,
         "segment": float(segment),
         "context": float(context),
-        "alignment": int(getattr(model, "multiple", 1)) * int(mcfg.get("hop", 1)),
+        "alignment": _alignment(model, mcfg, post),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "sha256": sha256_file(out_onnx),
         "files": {
@@ -621,6 +643,8 @@ def export_run(
         "command": command or command_line(),
     }
     save_card(card, out_onnx.with_suffix(".json"))
+    if post is None:  # a post graph of the model this one replaces is no longer listed anywhere
+        post_path(out_onnx).unlink(missing_ok=True)
     return card
 
 

@@ -116,6 +116,8 @@ def find_card(model: str | Path | None, default: str) -> Path:
     if model is None:
         return models_dir() / f"{default}.json"
     p = Path(model)
+    if p.name.endswith(".post.onnx"):  # a model's second graph: the model's card
+        return p.with_name(p.name[: -len(".post.onnx")] + ".json")
     if p.suffix == ".onnx":
         return p.with_suffix(".json")
     if p.suffix == ".json" or p.exists():

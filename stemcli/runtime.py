@@ -170,10 +170,14 @@ class OnnxSeparator(Separator):
 
             self.frontend = check_frontend(card["frontend"], str(card.get("_path", self.name)))
         self.post = None
+        where = str(card.get("_path", self.name))
+        if (card.get("post") is None) != ("post" not in (card.get("files") or {})):
+            raise ValueError(f"{where}: a post graph needs both the card's post entry and files.post; "
+                             f"this card has only {'post' if card.get('post') is not None else 'files.post'}")
         if card.get("post") is not None:
             from stemcli.wavepost import check_post
 
-            self.post = check_post(card["post"], self.sources, str(card.get("_path", self.name)))
+            self.post = check_post(card["post"], self.sources, where)
         self.workers = 1
         self._pool: ThreadPoolExecutor | None = None
         if backend == "onnx":
@@ -202,16 +206,34 @@ class OnnxSeparator(Separator):
         if len(ins) != 1 or len(outs) != 1:
             raise ValueError(f"{post_file}: a post graph has one input and one output, this one "
                              f"{len(ins)} and {len(outs)}")
+        c, d = self.channels, self.post["decimate"]
+        for what, shape, want in (("input", ins[0].shape, {1: 3 * c, 3: d}), ("output", outs[0].shape, {1: c})):
+            # a dimension the graph leaves symbolic (a name, or None) is checked when the graph runs
+            if len(shape) != 2 + len(want) or any(isinstance(shape[k], int) and shape[k] != v for k, v in want.items()):
+                raise ValueError(f"{post_file}: the post graph's {what} has shape {shape}; the card "
+                                 f"({c} channels, decimate {d}) needs {self._post_shapes(c, d)[what]}")
         post, sources, in_name = self.post, self.sources, ins[0].name
+        import onnxruntime as ort
 
-        def graph(low: np.ndarray) -> np.ndarray:
-            return post_session.run(None, {in_name: low})[0]
+        ort_errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
+                      ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+
+        def graph(blocks: np.ndarray) -> np.ndarray:
+            return post_session.run(None, {in_name: blocks})[0]
 
         def run_with_post(mix: np.ndarray) -> np.ndarray:
             est = np.asarray(run(mix), np.float32)  # a fresh array from the front end: corrected in place
-            return apply_post(post, graph, mix, est if est.flags.writeable else est.copy(), sources)
+            try:
+                return apply_post(post, graph, mix, est if est.flags.writeable else est.copy(), sources)
+            except ort_errors as exc:
+                raise ValueError(f"{post_file}: {exc}") from exc
 
         return run_with_post
+
+    @staticmethod
+    def _post_shapes(channels: int, decimate: int) -> dict[str, str]:
+        return {"input": f"[batch, {3 * channels}, frames + 8, {decimate}]",
+                "output": f"[batch, {channels}, frames x {decimate}]"}
 
     @staticmethod
     def _session(path: Path, intra: int | None) -> Any:

@@ -3,22 +3,24 @@ decimated rate (``stemcli_mmdense``'s ``"wave"`` branch), run on onnxruntime.
 
 A card with a ``post`` entry has a second ONNX graph (``files.post``, sha256-checked like the
 first).  After the stems of the mask graph are inverted, the mixture and the two stems of the
-``pair`` are low-passed and decimated by ``decimate`` here (numpy), the graph maps them to a
-correction at that rate, which is interpolated back here with the same low-pass and **added
-to the first stem and subtracted from the second**: the stems still sum to the mixture::
+``pair`` are zero-padded and cut in blocks of ``decimate`` samples here (:func:`blocks`); the
+graph low-passes and decimates them, runs its convolutions at that rate and interpolates the
+correction back with the same low-pass; the correction is **added to the first stem and
+subtracted from the second**: the stems still sum to the mixture::
 
     "post": {"type": "wave-pair", "pair": ["drums", "bass"], "decimate": 32}
 
-* graph input ``low [batch, 3 * channels, frames]`` float32: the decimated mixture, first and
-  second stem, stacked along the channels in that order; ``frames = ceil(time / decimate)``,
-  sample ``k`` centred on input sample ``k * decimate``;
-* graph output ``delta [batch, channels, frames]`` float32.
+* graph input ``blocks [batch, 3 * channels, frames + 8, decimate]`` float32: the mixture, first
+  and second stem stacked along the channels in that order, each with ``4 * decimate`` zeros
+  before and zeros after up to ``(frames + 8) * decimate`` samples, ``frames = ceil(time /
+  decimate)``;
+* graph output ``delta [batch, channels, frames * decimate]`` float32, of which the first
+  ``time`` samples are used.
 
-The low-pass (:func:`lowpass_fir`) is the one the torch module trains with (it takes its taps
-from here), applied in polyphase form: decimation is one matrix product of blocks of
-``decimate`` samples with the 9 phase filters and a shifted sum, interpolation a 9-tap filter
-per output phase.  Both match the torch module's ``down`` / ``up`` to float32 rounding (export
-checks the whole path against torch to 1e-4).
+The resampling is in the graph, not in numpy: a numpy matrix product goes through OpenBLAS,
+whose own threads, beside the runtime's worker threads or other busy processes, made the
+decimation of a 30 s song take 80-350 ms instead of 9 ms on this 2-core machine.  The low-pass
+(:func:`lowpass_fir`) is the one the torch module trains with (it takes its taps from here).
 
 No torch import here.
 """
@@ -61,53 +63,26 @@ def polyphase(decimate: int) -> np.ndarray:
     return np.ascontiguousarray(fir.reshape(TAPS_PER_PHASE, decimate).T)
 
 
-def decimate(x: np.ndarray, factor: int, phases: np.ndarray | None = None) -> np.ndarray:
-    """Low-pass and keep every ``factor``-th sample (sample ``k`` centred on input sample
-    ``k * factor``).
+def blocks(parts: Sequence[np.ndarray], factor: int) -> np.ndarray:
+    """The post graph's input layout: the parts stacked along the channels, each with ``4 *
+    factor`` zeros before (the filter's half length) and zeros after, cut in blocks of
+    ``factor`` samples.
 
     Args:
-        x: [shape=(..., time)] float32.
-        phases: :func:`polyphase` of ``factor`` (computed if not given).
+        parts: arrays [shape=(batch, channels_k, time)].
 
     Returns:
-        [shape=(..., ceil(time / factor))] float32.
+        [shape=(batch, sum of channels_k, ceil(time / factor) + 8, factor)] float32.
     """
     d = factor
-    fir = polyphase(d) if phases is None else phases
-    *lead, t = x.shape
+    b, _, t = parts[0].shape
     frames = -(-t // d)
-    flat = np.zeros((int(np.prod(lead, dtype=np.int64)), (frames + 8) * d), np.float32)
-    flat[:, 4 * d : 4 * d + t] = x.reshape(-1, t)  # the filter's half length of zeros before
-    z = flat.reshape(-1, frames + 8, d) @ fir  # [N, frames + 8, 9]
-    y = z[:, 0:frames, 0].copy()
-    for q in range(1, TAPS_PER_PHASE):
-        y += z[:, q : q + frames, q]
-    return y.reshape(*lead, frames)
-
-
-def interpolate(x: np.ndarray, factor: int, length: int, phases: np.ndarray | None = None) -> np.ndarray:
-    """Interpolate by ``factor`` with the same low-pass (gain ``factor``), the inverse
-    direction of :func:`decimate`.
-
-    Args:
-        x: [shape=(..., frames)] float32.
-        length: output samples, at most ``frames * factor``.
-        phases: :func:`polyphase` of ``factor`` (computed if not given).
-
-    Returns:
-        [shape=(..., length)] float32.
-    """
-    d = factor
-    fir = polyphase(d) if phases is None else phases
-    *lead, frames = x.shape
-    if length > frames * d:
-        raise ValueError(f"interpolate: {length} samples asked from {frames} frames x {d}")
-    padded = np.pad(x.reshape(-1, frames), ((0, 0), (4, 4)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, TAPS_PER_PHASE, axis=-1)  # [N, frames, 9]
-    # output phase p of frame l: sum over q of (D * taps reversed)[p, q] * padded[l + q]
-    taps = (d * fir[:, ::-1]).T.astype(np.float32)  # [9, D]
-    y = windows @ taps  # [N, frames, D]
-    return y.reshape(*lead, frames * d)[..., :length]
+    out = np.zeros((b, sum(p.shape[1] for p in parts), (frames + 8) * d), np.float32)
+    row = 0
+    for p in parts:  # written straight into place: no concatenated copy first
+        out[:, row : row + p.shape[1], 4 * d : 4 * d + t] = p
+        row += p.shape[1]
+    return out.reshape(b, row, frames + 8, d)
 
 
 def check_post(post: Any, sources: Sequence[str], where: str = "model card") -> dict[str, Any]:
@@ -133,25 +108,26 @@ def apply_post(post: dict[str, Any], graph: Callable[[np.ndarray], np.ndarray], 
 
     Args:
         post: a checked ``post`` entry (:func:`check_post`).
-        graph: maps ``low [batch, 3 * channels, frames]`` to ``delta [batch, channels, frames]``.
+        graph: maps ``blocks [batch, 3 * channels, frames + 8, decimate]`` to ``delta [batch,
+            channels, frames * decimate]`` (see the module docstring).
         mix: [shape=(batch, channels, time)] float32.
         est: [shape=(batch, sources, channels, time)] float32, the stems before the correction.
 
     Returns:
-        ``est``, the first stem of the pair plus the interpolated delta and the second minus it.
+        ``est``, the first stem of the pair plus the delta and the second minus it.
 
     Raises:
-        ValueError: the graph's output is not ``[batch, channels, frames]``.
+        ValueError: the graph's output is not ``[batch, channels, frames * decimate]``.
     """
     i, j = (list(sources).index(p) for p in post["pair"])
     d = post["decimate"]
     b, c, t = mix.shape
-    phases = polyphase(d)
-    low = decimate(np.concatenate([mix, est[:, i], est[:, j]], axis=1), d, phases)  # [B, 3C, L]
-    out = np.asarray(graph(np.ascontiguousarray(low)), np.float32)
-    if out.shape != (b, c, low.shape[-1]):
-        raise ValueError(f"post graph returned shape {out.shape}, expected {(b, c, low.shape[-1])}")
-    delta = interpolate(out, d, t, phases)
+    inp = blocks([mix, est[:, i], est[:, j]], d)  # [B, 3C, L + 8, D]
+    out = np.asarray(graph(inp), np.float32)
+    want = (b, c, (inp.shape[2] - 8) * d)
+    if out.shape != want:
+        raise ValueError(f"post graph returned shape {out.shape}, expected {want}")
+    delta = out[..., :t]
     est[:, i] += delta
     est[:, j] -= delta
     return est

@@ -608,8 +608,8 @@ def test_wave_correction_learns_and_exports_as_a_second_graph(tmp_path) -> None:
     assert MMDenseNet(TINY).post() is None
     with pytest.raises(ValueError, match="no \"wave\" correction, so no post graph"):
         MMDenseNet(TINY).post_net()
-    low = torch.randn(2, 6, 50)
-    assert model.post_net()(low).shape == (2, 2, 50)
+    blocks = torch.randn(2, 6, 50 + 8, 8)
+    assert model.post_net()(blocks).shape == (2, 2, 50 * 8)
     out = tmp_path / "out" / "m.onnx"
     export_model(model.eval(), out, 2)
     assert out.is_file() and post_path(out) == tmp_path / "out" / "m.post.onnx" and post_path(out).is_file()

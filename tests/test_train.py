@@ -540,7 +540,7 @@ def test_cli_train_ema_range(tiny_musdb: Path, tmp_path: Path) -> None:
 
 
 def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, tmp_path: Path, capsys) -> None:
-    """An mmdense run with the "wave" correction (no ONNX export) trains (the branch's zero
+    """An mmdense run with the "wave" correction trains (the branch's zero
     output layer moves), and benchmarks/run_eval.py scores it with museval in torch: the SDR of
     the run's best.pt weights (not checkpoint.pt's), rebuilt here from config.json in eval mode,
     applied to the track and scored by museval directly, stem by stem."""
@@ -601,6 +601,13 @@ def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path)
     assert after["wave.out.weight"].abs().max() > 0
     assert json.loads((out / "config.json").read_text())["model"]["wave"]["hidden"] == 4
     assert mod.main(args) == 1  # the folder exists now
+    # --steps ends a run before its minutes do (step-matched comparisons)
+    common = ["--run", str(base), "--config", str(cfg), "--data", str(tiny_musdb), "--seconds", "0.5", "--batch", "1"]
+    counted = tmp_path / "w3"
+    assert mod.main([*common, "--out", str(counted), "--minutes", "5", "--steps", "3"]) == 0
+    assert json.loads((counted / "config.json").read_text())["finetune"]["steps"] == 3
+    assert mod.main([*common, "--out", str(tmp_path / "w0"), "--minutes", "5", "--steps", "0"]) == 1
+    assert not (tmp_path / "w0").exists()
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
     assert mod.main(["--run", str(base), "--config", str(plain), "--data", str(tiny_musdb), "--minutes", "0.01",

@@ -1,5 +1,5 @@
-"""The post graph of a mask model (stemcli.wavepost): numpy resampling equal to the torch
-module's, its export as a second ONNX graph with parity, the runtime path and its refusals."""
+"""The post graph of a mask model (stemcli.wavepost): the exported graph equal to the torch
+module's correction, the card and export with parity, the runtime path and its refusals."""
 
 from __future__ import annotations
 
@@ -26,23 +26,34 @@ WAVE = {"hidden": 16, "decimate": 8, "layers": 2, "kernel": 5}
 
 
 @pytest.mark.parametrize("d", [1, 3, 8, 32])
-def test_numpy_resampling_equals_the_torch_module(d: int) -> None:
-    """decimate / interpolate here are the module's down / up (the same taps, the same sums),
-    for lengths around multiples of the factor, batched over leading axes."""
+def test_post_graph_on_onnxruntime_equals_the_torch_module(d: int, tmp_path: Path) -> None:
+    """numpy's blocks are the module's; the exported post graph on onnxruntime gives the
+    module's delta (down, convolutions, up) for lengths around multiples of the factor and a
+    batch of 2 (dynamic axes); the taps are wavepost's."""
+    import onnxruntime as ort
+
+    from stemcli.export import _onnx_export
+    from stemcli_mmdense.model import _PostNet
+
     torch.manual_seed(d)
-    wc = WaveCorrection(2, (0, 1), d, 4, 1, 3)
-    assert np.array_equal(wavepost.lowpass_fir(d), wc.fir_down.t().reshape(-1)[: 8 * d + 1].numpy())
+    wc = WaveCorrection(2, (0, 1), d, 4, 2, 3).eval()
+    torch.nn.init.normal_(wc.out.weight, std=0.5)
+    assert np.array_equal(wavepost.polyphase(d), wc.fir_down.numpy())
+    path = tmp_path / "post.onnx"
+    _onnx_export(_PostNet(wc).eval(), torch.randn(1, 6, 20 + 8, d), path, ["blocks", "delta"],
+                 {"blocks": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "samples"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for t in (1, d, 5 * d + 1, 4410):
-        x = torch.randn(2, 6, t)
-        down = wavepost.decimate(x.numpy(), d)
-        assert down.shape == (2, 6, -(-t // d)) and down.dtype == np.float32
-        np.testing.assert_allclose(down, wc.down(x).numpy(), atol=1e-6)
-        y = torch.randn(2, 2, down.shape[-1])
-        up = wavepost.interpolate(y.numpy(), d, t)
-        assert up.shape == (2, 2, t)
-        np.testing.assert_allclose(up, wc.up(y, t).numpy(), atol=1e-6)
-    with pytest.raises(ValueError, match="asked from"):
-        wavepost.interpolate(np.zeros((1, 3), np.float32), d, 3 * d + 1)
+        mix, a, b = (torch.randn(2, 2, t) for _ in range(3))
+        x = torch.cat([mix, a, b], dim=1)
+        got_blocks = wavepost.blocks([mix.numpy(), a.numpy(), b.numpy()], d)
+        assert got_blocks.shape == (2, 6, -(-t // d) + 8, d)
+        assert np.array_equal(got_blocks, wc.to_blocks(x).numpy())
+        with torch.no_grad():
+            want = wc.up(wc.core(wc.down(x)), t).numpy()
+        got = sess.run(None, {"blocks": got_blocks})[0]
+        assert got.shape == (2, 2, -(-t // d) * d)
+        np.testing.assert_allclose(got[..., :t], want, atol=1e-5)
 
 
 def test_check_post_names_the_bad_field() -> None:
@@ -62,35 +73,40 @@ def test_check_post_names_the_bad_field() -> None:
 
 def test_apply_post_moves_the_delta_between_the_pair_only() -> None:
     post = {"type": "wave-pair", "pair": ["bass", "vocals"], "decimate": 4}
+    names = ["vocals", "drums", "bass", "other"]
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((2, 2, 1001)).astype(np.float32)
     est = rng.standard_normal((2, 4, 2, 1001)).astype(np.float32)
     before = est.copy()
     seen = []
 
-    def graph(low: np.ndarray) -> np.ndarray:
-        seen.append(low)
-        return np.ones((low.shape[0], 2, low.shape[-1]), np.float32)
+    def graph(blocks: np.ndarray) -> np.ndarray:
+        seen.append(blocks)
+        return np.tile(np.arange(blocks.shape[2] * 4 - 32, dtype=np.float32), (2, 2, 1))
 
-    out = wavepost.apply_post(post, graph, mix, est, ["vocals", "drums", "bass", "other"])
-    assert out is est and seen[0].shape == (2, 6, 251)
-    # the graph sees the decimated mixture, then the first stem (bass), then the second (vocals)
-    np.testing.assert_allclose(seen[0][:, 2:4], wavepost.decimate(before[:, 2], 4), atol=1e-6)
-    np.testing.assert_allclose(seen[0][:, 4:6], wavepost.decimate(before[:, 0], 4), atol=1e-6)
+    out = wavepost.apply_post(post, graph, mix, est, names)
+    assert out is est and seen[0].shape == (2, 6, 251 + 8, 4)
+    # the graph sees the mixture, then the first stem (bass), then the second (vocals), after 16 zeros
+    flat = seen[0].reshape(2, 6, -1)
+    assert np.array_equal(flat[:, :, :16], np.zeros((2, 6, 16), np.float32))
+    assert np.array_equal(flat[:, 0:2, 16:1017], mix)
+    assert np.array_equal(flat[:, 2:4, 16:1017], before[:, 2])
+    assert np.array_equal(flat[:, 4:6, 16:1017], before[:, 0])
+    assert not flat[:, :, 1017:].any()
     d = out - before
     assert np.array_equal(d[:, [1, 3]], np.zeros_like(d[:, [1, 3]]))
-    np.testing.assert_allclose(d[:, 2], -d[:, 0], atol=1e-6)
-    mid = slice(100, -100)  # a constant delta of 1 at the low rate interpolates back to ~1
-    assert np.abs(d[:, 2, :, mid] - 1.0).max() < 2e-2
-    with pytest.raises(ValueError, match=r"post graph returned shape \(2, 2, 250\), expected \(2, 2, 251\)"):
-        wavepost.apply_post(post, lambda low: np.zeros((2, 2, 250), np.float32), mix, est, ["vocals", "drums", "bass", "other"])
+    ramp = np.arange(1001, dtype=np.float32)  # the first `time` samples of the graph's output
+    np.testing.assert_allclose(d[:, 2], np.broadcast_to(ramp, (2, 2, 1001)), atol=1e-3)
+    np.testing.assert_allclose(d[:, 0], -np.broadcast_to(ramp, (2, 2, 1001)), atol=1e-3)
+    with pytest.raises(ValueError, match=r"post graph returned shape \(2, 2, 1000\), expected \(2, 2, 1004\)"):
+        wavepost.apply_post(post, lambda blocks: np.zeros((2, 2, 1000), np.float32), mix, est, names)
 
 
-def _wave_run(tmp_path: Path) -> tuple[Path, MMDenseNet]:
+def _wave_run(tmp_path: Path, wave: dict | None = None) -> tuple[Path, MMDenseNet]:
     """A run whose wave branch has random (not zero) output weights: its correction is visible."""
     run = tmp_path / "wave_run"
     run.mkdir()
-    cfg = {**DEFAULT_CONFIG, **TINY, "wave": WAVE}
+    cfg = {**DEFAULT_CONFIG, **TINY, "wave": wave or WAVE}
     torch.manual_seed(2)
     model = MMDenseNet(cfg)
     torch.nn.init.normal_(model.wave.out.weight, std=0.5)
@@ -124,13 +140,15 @@ def test_wave_model_exports_two_graphs_that_match_torch(tmp_path: Path, weights:
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["w.json", "w.onnx", "w.post.onnx", "w.pt"]
     sess = ort.InferenceSession(str(tmp_path / "models" / "w.post.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["low"] and [o.name for o in sess.get_outputs()] == ["delta"]
+    assert [i.name for i in sess.get_inputs()] == ["blocks"] and [o.name for o in sess.get_outputs()] == ["delta"]
     if weights == "float16":
         assert card["export"]["weights"]["post_float16"]["tensors"] == 2  # the two dilated convolutions
     x = sf.read(song, dtype="float32", always_2d=True)[0].T[None]
     got = OnnxSeparator(out.with_suffix(".json"), threads=2).separate(x)
     ref = OnnxSeparator(out.with_suffix(".json"), backend="torch").separate(x)
     assert np.abs(got - ref).max() <= 1e-4
+    intra = OnnxSeparator(tmp_path / "models" / "w.post.onnx", threads=2, parallel="intra")  # the model's card
+    assert np.abs(intra.separate(x) - got).max() <= 1e-5
     np.testing.assert_allclose(got.sum(axis=1), x, atol=1e-5)
     with torch.inference_mode():
         masks_only = model.mask_stems(torch.from_numpy(x[..., : 3 * 44100])).numpy()
@@ -154,12 +172,55 @@ def test_post_graph_is_sha256_checked_and_must_agree_with_the_card(tmp_path: Pat
     post.unlink()
     with pytest.raises(ModelFileError, match=r"w\.post\.onnx: model file not found"):
         OnnxSeparator(out.with_suffix(".json"))
-    # a card that lost its post entry while its config keeps the branch: the torch backend names the mismatch
+    # a card with half of the post graph's entries is refused by either backend
     card = load_card(out.with_suffix(".json"))
-    del card["post"], card["_path"]
+    del card["_path"]
+    for drop in ("post", "files"):
+        broken = json.loads(json.dumps(card))
+        del (broken if drop == "post" else broken["files"])["post"]
+        out.with_suffix(".json").write_text(json.dumps(broken))
+        for backend in ("onnx", "torch"):
+            with pytest.raises(ValueError, match=r"w\.json: a post graph needs both the card's post entry and "
+                                                 rf"files\.post; this card has only {'files.post' if drop == 'post' else 'post'}"):
+                OnnxSeparator(out.with_suffix(".json"), backend=backend)
+    # a card that lost both while its config keeps the branch: the torch backend names the mismatch
+    del card["post"], card["files"]["post"]
     out.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"w\.json: the card has no post entry, its architecture config has post graph"):
         OnnxSeparator(out.with_suffix(".json"), backend="torch")
+
+
+def test_post_graph_of_another_shape_is_refused_and_alignment_covers_the_decimation(tmp_path: Path) -> None:
+    """A card whose decimation does not match its post graph is refused at load, naming the
+    file and the shape needed; the card's alignment is a multiple of the decimation, so time
+    parts start on the post graph's grid too."""
+    run, _ = _wave_run(tmp_path, {**WAVE, "decimate": 3})
+    out = tmp_path / "w.onnx"
+    card = export_run(run, out, check_audio=_song(tmp_path, 2.0))
+    assert card["alignment"] == 3 * 1024  # lcm(hop 128 x stride 8, 3)
+    card["post"]["decimate"] = 4
+    out.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"w\.post\.onnx: the post graph's input has shape \['batch', 6, 'frames', 3\]; "
+                                         r"the card \(2 channels, decimate 4\) needs \[batch, 6, frames \+ 8, 4\]"):
+        OnnxSeparator(out.with_suffix(".json"))
+
+
+def test_export_without_post_graph_removes_the_replaced_models_one(tmp_path: Path) -> None:
+    """Re-exporting a name that held a model with a post graph, with a model without one,
+    leaves no unlisted NAME.post.onnx behind."""
+    run, _ = _wave_run(tmp_path)
+    song = _song(tmp_path, 2.0)
+    out = tmp_path / "models" / "w.onnx"
+    export_run(run, out, check_audio=song)
+    plain = tmp_path / "plain_run"
+    plain.mkdir()
+    cfg = {**DEFAULT_CONFIG, **TINY}
+    (plain / "config.json").write_text(json.dumps({"model": cfg, "data": {"root": "nowhere"}}))
+    torch.save({"model": MMDenseNet(cfg).state_dict(), "step": 1}, plain / "best.pt")
+    card = export_run(plain, out, check_audio=song)
+    assert "post" not in card and "post" not in card["files"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["w.json", "w.onnx", "w.pt"]
+    OnnxSeparator(out.with_suffix(".json"))
 
 
 def test_failed_wave_export_leaves_no_post_graph(tmp_path: Path) -> None:

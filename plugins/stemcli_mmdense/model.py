@@ -41,8 +41,8 @@ bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the l
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 An optional waveform correction (``"wave": {"hidden": H}``, :class:`WaveCorrection`) moves a
 low-band waveform between two stems (drums and bass by default) after the inverse STFT; its
-convolutions at the decimated rate are exported as a second graph (:meth:`MMDenseNet.post_net`),
-which the runtime runs between numpy resampling (:mod:`stemcli.wavepost`).
+resampling and convolutions are exported as a second graph (:meth:`MMDenseNet.post_net`),
+which the runtime runs after the inverse STFT (:mod:`stemcli.wavepost`).
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class WaveCorrection(nn.Module):
         # the last tap), so decimation is a matrix product and interpolation a stride-1
         # convolution (a stride-D convolution with one channel took 4-10 times as long in torch
         # on this CPU)
-        fir = torch.cat([lowpass_fir(decimate), torch.zeros(decimate - 1)]).reshape(9, decimate).t()  # [D, 9]
+        fir = torch.from_numpy(wavepost.polyphase(decimate))  # [D, 9]
         self.register_buffer("fir_down", fir.contiguous(), persistent=False)
         self.register_buffer("fir_up", (decimate * fir.flip(1)).reshape(decimate, 1, 9).contiguous(), persistent=False)
         self.inp = nn.Conv1d(3 * channels, hidden, 1)
@@ -285,34 +285,49 @@ class WaveCorrection(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def down(self, x: torch.Tensor) -> torch.Tensor:
-        """Low-pass and keep every ``D``-th sample (sample ``k`` is centred on input sample
-        ``k * D``): ``[B, N, T] -> [B, N, ceil(T / D)]``."""
+    def to_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, T] -> [B, N, ceil(T / D) + 8, D]``: 4 D zeros before (the filter's half
+        length), zeros after, cut in blocks of ``D`` samples (:func:`stemcli.wavepost.blocks`
+        does the same in numpy for the exported graph)."""
         b, n, t = x.shape
         d = self.decimate
         frames = -(-t // d)
-        # 4 D zeros before (the filter's half length), then up to (frames + 8) D samples
-        x = nn.functional.pad(x.reshape(b * n, t), (4 * d, (frames + 8) * d - t - 4 * d))
-        # every block of D samples against the 9 polyphase filters (one matrix product), then
-        # y[k] = sum over q of block k + q's product with filter q
-        z = x.reshape(b * n, frames + 8, d) @ self.fir_down  # [BN, frames + 8, 9]
-        y = z[:, 0:frames, 0]
+        return nn.functional.pad(x, (4 * d, (frames + 8) * d - t - 4 * d)).reshape(b, n, frames + 8, d)
+
+    def down_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Low-pass and keep every ``D``-th sample, from :meth:`to_blocks`: ``[B, N, L + 8, D] -> [B,
+        N, L]`` (sample ``k`` centred on input sample ``k * D``): every block against the 9
+        polyphase filters (one matrix product), then ``y[k]`` = the sum over ``q`` of block ``k +
+        q``'s product with filter ``q`` (slices with constant bounds: the exported graph keeps a
+        dynamic length)."""
+        z = blocks @ self.fir_down  # [B, N, L + 8, 9]
+        y = z[:, :, 0:-8, 0]
         for q in range(1, 9):
-            y = y + z[:, q : q + frames, q]
-        return y.reshape(b, n, frames)
+            y = y + z[:, :, q : (q - 8) or None, q]
+        return y
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`down_blocks` of :meth:`to_blocks`: ``[B, N, T] -> [B, N, ceil(T / D)]``."""
+        return self.down_blocks(self.to_blocks(x))
+
+    def up_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Interpolate back with the same low-pass (gain ``D``): ``[B, N, L] -> [B, N, L * D]``."""
+        n = x.shape[1]
+        y = nn.functional.conv1d(nn.functional.pad(x.flatten(0, 1).unsqueeze(1), (4, 4)), self.fir_up)  # [BN, D, L]
+        return y.transpose(1, 2).flatten(1).unflatten(0, (-1, n))
 
     def up(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        """Interpolate back with the same low-pass (gain ``D``): ``[B, N, L] -> [B, N, length]``,
-        ``length <= L * D``."""
-        b, n, frames = x.shape
-        d = self.decimate
-        y = nn.functional.conv1d(nn.functional.pad(x.reshape(b * n, 1, frames), (4, 4)), self.fir_up)  # [BN, D, L]
-        return y.transpose(1, 2).reshape(b, n, frames * d)[..., :length]
+        """:meth:`up_all` cut to ``length <= L * D`` samples."""
+        return self.up_all(x)[..., :length]
+
+    def post_graph(self, blocks: torch.Tensor) -> torch.Tensor:
+        """The exported post graph: ``blocks [B, 3 * channels, L + 8, D]`` (:meth:`to_blocks` of
+        the mixture and the pair's two stems) -> ``delta [B, channels, L * D]``."""
+        return self.up_all(self.core(self.down_blocks(blocks)))
 
     def core(self, low: torch.Tensor) -> torch.Tensor:
-        """The convolutions at the decimated rate (the exported post graph, see
-        :mod:`stemcli.wavepost`): ``low [B, 3 * channels, L]`` (mixture, first, second) ->
-        ``delta [B, channels, L]``."""
+        """The convolutions at the decimated rate: ``low [B, 3 * channels, L]`` (mixture, first,
+        second) -> ``[B, channels, L]``."""
         y = self.inp(low)
         for conv in self.blocks:
             y = y + conv(nn.functional.relu(y))
@@ -521,6 +536,8 @@ class MMDenseNet(nn.Module):
         hidden, decimate, layers, kernel = _int("hidden", 0), _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
         if layers > 16:
             raise ValueError(f"mmdense config: wave.layers={layers}: at most 16 (the dilation doubles per layer)")
+        if decimate > wavepost.MAX_DECIMATE:
+            raise ValueError(f"mmdense config: wave.decimate={decimate}: at most {wavepost.MAX_DECIMATE}")
         if kernel % 2 == 0:
             raise ValueError(f"mmdense config: wave.kernel must be odd, got {kernel}")
         if not hidden:  # the default pair need not be sources of this model
@@ -761,7 +778,8 @@ class MMDenseNet(nn.Module):
         return {"type": wavepost.POST_TYPE, "pair": [names[k] for k in self.wave.pair], "decimate": self.wave.decimate}
 
     def post_net(self) -> nn.Module:
-        """The post graph: ``low [B, 3 * channels, L] -> delta [B, channels, L]`` (:meth:`WaveCorrection.core`).
+        """The post graph: ``blocks [B, 3 * channels, L + 8, D] -> delta [B, channels, L * D]``
+        (:meth:`WaveCorrection.post_graph`).
 
         Raises:
             ValueError: the model has no ``"wave"`` correction.
@@ -776,8 +794,8 @@ class _PostNet(nn.Module):
         super().__init__()
         self.wave = wave
 
-    def forward(self, low: torch.Tensor) -> torch.Tensor:
-        return self.wave.core(low)
+    def forward(self, blocks: torch.Tensor) -> torch.Tensor:
+        return self.wave.post_graph(blocks)
 
 
 class _MaskNet(nn.Module):
