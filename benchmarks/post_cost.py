@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import make_input  # noqa: E402
 
+from stemcli import allocator  # noqa: E402  (stdlib only at import)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+                    help="memory allocator of this process (default auto: tcmalloc if installed, as `stemcli "
+                         "separate` runs; with glibc's, each separator's worker threads keep their own arena "
+                         "history and the order of the two systems showed in their times)")
     args = ap.parse_args(argv)
+    try:  # re-runs this script under it if needed
+        allocator.ensure(args.allocator, [sys.executable, str(Path(__file__).resolve()),
+                                          *(sys.argv[1:] if argv is None else argv)])
+    except (ValueError, RuntimeError) as exc:
+        ap.error(str(exc))
 
     from stemcli.modelcard import find_card, load_card
     from stemcli.runtime import OnnxSeparator
@@ -71,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["with post"] / med["masks alone"]
-    print(f"{args.seconds:g} s stereo, {args.threads} threads, median of {args.repeats} interleaved rounds")
+    print(f"{args.seconds:g} s stereo, {args.threads} threads, median of {args.repeats} interleaved rounds, "
+          f"allocator {allocator.active()}")
     for name, t in med.items():
         print(f"  {name:12s} {t * 1000:8.1f} ms  ({args.seconds / t:6.1f} x real time)")
     print(f"  ratio {ratio:.3f}: the post path adds {100 * (ratio - 1):.1f}% to the separation")
     result = {"card": str(card_path), "seconds": args.seconds, "threads": args.threads, "repeats": args.repeats,
-              "median_s": med, "ratio": ratio}
+              "allocator": allocator.active(), "median_s": med, "ratio": ratio}
     if args.breakdown:
         result["breakdown_ms"] = breakdown(card, systems["masks alone"], mix, args.repeats)
         for k, v in result["breakdown_ms"].items():
