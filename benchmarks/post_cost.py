@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     plain = {k: v for k, v in card.items() if k not in ("post", "_path")}
     plain["files"] = {k: v for k, v in card["files"].items() if k != "post"}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=Path(card["_path"]).parent, delete=False) as f:
+    with tempfile.NamedTemporaryFile("w", prefix=".post_cost_", suffix=".json", dir=Path(card["_path"]).parent,
+                                     delete=False) as f:
         json.dump(plain, f)  # next to the card: the file paths in it are relative to it
         plain_path = Path(f.name)
     try:

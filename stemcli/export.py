@@ -221,16 +221,16 @@ def _alignment(model: Any, mcfg: dict[str, Any], post: dict[str, Any] | None) ->
 
 
 def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list[str],
-                 post: tuple[dict[str, Any], Path] | None = None) -> Any:
+                 post: tuple[dict[str, Any], Path, int] | None = None) -> Any:
     """``mix [batch, channels, time] -> stems [batch, sources, channels, time]`` with the graph
     at ``onnx_path`` on onnxruntime, through ``frontend`` (a checked card entry) if given, then
-    the post graph (a checked ``post`` entry and its file) if given; the whole input at once (no
+    the post graph (a checked ``post`` entry, its file, the channels) if given; the whole input at once (no
     chunking), as the parity check compares it with torch."""
     import onnxruntime as ort
 
     from stemcli.runtime import session_options
     from stemcli.spectral import graph_outputs, separate_with_masks
-    from stemcli.wavepost import apply_post
+    from stemcli.wavepost import apply_post, check_graph
 
     sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -245,13 +245,26 @@ def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list
             return separate_with_masks(frontend, lambda mag: tuple(sess.run(out_names, {name: mag})), x, n_sources)
     if post is None:
         return base
-    entry, post_file = post
+    entry, post_file, channels = post
     try:
         post_sess = ort.InferenceSession(str(post_file), session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"{post_file}: onnxruntime cannot load this post graph ({_one_line(exc)})") from exc
-    post_in = post_sess.get_inputs()[0].name
-    return lambda x: apply_post(entry, lambda blocks: post_sess.run(None, {post_in: blocks})[0], x, base(x), sources)
+    try:
+        post_in = check_graph(post_sess, channels, entry["decimate"], post_file)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
+              ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.RuntimeException)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        stems = base(x)
+        try:
+            return apply_post(entry, lambda blocks: post_sess.run(None, {post_in: blocks})[0], x, stems, sources)
+        except errors as exc:
+            raise ExportError(f"{post_file}: {_one_line(exc)}") from exc
+
+    return run
 
 
 def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE,
@@ -262,12 +275,10 @@ def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tol
     onnxruntime's stems per input (a re-export compares them with the previous graph's)."""
     import torch
 
-    sources = [str(k) for k in getattr(model, "config", {}).get("sources", ())]
-    if not sources:  # a model without a config: its sources by number
-        sources = [str(k) for k in range(int(getattr(model, "n_src", 0)))]
+    sources = list(model.config["sources"])
     post = _post(model)
     run = graph_runner(onnx_path, _frontend(model), sources,
-                       None if post is None else (post, post_path(onnx_path)))
+                       None if post is None else (post, post_path(onnx_path), int(model.config["channels"])))
     diffs = {}
     for label, x in inputs.items():
         with torch.inference_mode():
@@ -300,7 +311,8 @@ def _compare_with_card(card: dict[str, Any], onnx_path: Path, new_stems: dict[st
     old = check_frontend(card["frontend"], str(previous_path)) if card.get("frontend") else None
     old_post = None
     if card.get("post") is not None:
-        old_post = (check_post(card["post"], card["sources"], str(previous_path)), model_file(card, "post"))
+        old_post = (check_post(card["post"], card["sources"], str(previous_path)), model_file(card, "post"),
+                    int(card["channels"]))
     previous = graph_runner(previous_path, old, list(card["sources"]), old_post)
     diffs = {}
     for label, x in inputs.items():
@@ -509,6 +521,8 @@ def export_run(
     run_dir, out_onnx = Path(run_dir), Path(out_onnx)
     if out_onnx.suffix != ".onnx":
         raise ValueError(f"{out_onnx}: the output must end in .onnx")
+    if out_onnx.name.endswith(".post.onnx"):
+        raise ValueError(f"{out_onnx}: a name ending in .post.onnx is taken by the post graph of another model")
     if weights is not None and weights not in WEIGHT_DTYPES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, got {weights!r}")
     source_card, info = None, {}

@@ -199,24 +199,16 @@ class OnnxSeparator(Separator):
         run = self._onnx_graph_runner(path, intra)
         if post_file is None:
             return run
-        from stemcli.wavepost import apply_post
+        from stemcli.wavepost import apply_post, check_graph
 
         post_session = self._session(post_file, intra)
-        ins, outs = post_session.get_inputs(), post_session.get_outputs()
-        if len(ins) != 1 or len(outs) != 1:
-            raise ValueError(f"{post_file}: a post graph has one input and one output, this one "
-                             f"{len(ins)} and {len(outs)}")
-        c, d = self.channels, self.post["decimate"]
-        for what, shape, want in (("input", ins[0].shape, {1: 3 * c, 3: d}), ("output", outs[0].shape, {1: c})):
-            # a dimension the graph leaves symbolic (a name, or None) is checked when the graph runs
-            if len(shape) != 2 + len(want) or any(isinstance(shape[k], int) and shape[k] != v for k, v in want.items()):
-                raise ValueError(f"{post_file}: the post graph's {what} has shape {shape}; the card "
-                                 f"({c} channels, decimate {d}) needs {self._post_shapes(c, d)[what]}")
-        post, sources, in_name = self.post, self.sources, ins[0].name
+        in_name = check_graph(post_session, self.channels, self.post["decimate"], post_file)
+        post, sources = self.post, self.sources
         import onnxruntime as ort
 
         ort_errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
-                      ort.capi.onnxruntime_pybind11_state.InvalidArgument)
+                      ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                      ort.capi.onnxruntime_pybind11_state.RuntimeException)
 
         def graph(blocks: np.ndarray) -> np.ndarray:
             return post_session.run(None, {in_name: blocks})[0]
@@ -229,11 +221,6 @@ class OnnxSeparator(Separator):
                 raise ValueError(f"{post_file}: {exc}") from exc
 
         return run_with_post
-
-    @staticmethod
-    def _post_shapes(channels: int, decimate: int) -> dict[str, str]:
-        return {"input": f"[batch, {3 * channels}, frames + 8, {decimate}]",
-                "output": f"[batch, {channels}, frames x {decimate}]"}
 
     @staticmethod
     def _session(path: Path, intra: int | None) -> Any:

@@ -85,6 +85,28 @@ def blocks(parts: Sequence[np.ndarray], factor: int) -> np.ndarray:
     return out.reshape(b, row, frames + 8, d)
 
 
+def check_graph(session: Any, channels: int, decimate: int, path: Any) -> str:
+    """Check an onnxruntime session of a post graph against its card: one input of rank 4
+    ``[batch, 3 * channels, frames + 8, decimate]`` and one output of rank 3 ``[batch, channels,
+    samples]`` (a dimension the graph leaves symbolic is checked when it runs).  Returns the
+    input's name.
+
+    Raises:
+        ValueError: naming ``path``, the graph's shape and the one the card needs.
+    """
+    ins, outs = session.get_inputs(), session.get_outputs()
+    if len(ins) != 1 or len(outs) != 1:
+        raise ValueError(f"{path}: a post graph has one input and one output, this one {len(ins)} and {len(outs)}")
+    c, d = channels, decimate
+    for what, shape, rank, want, text in (
+            ("input", ins[0].shape, 4, {1: 3 * c, 3: d}, f"[batch, {3 * c}, frames + 8, {d}]"),
+            ("output", outs[0].shape, 3, {1: c}, f"[batch, {c}, frames x {d}]")):
+        if len(shape) != rank or any(isinstance(shape[k], int) and shape[k] != v for k, v in want.items()):
+            raise ValueError(f"{path}: the post graph's {what} has shape {shape}; the card ({c} channels, "
+                             f"decimate {d}) needs {text} (re-export the model from its training run)")
+    return ins[0].name
+
+
 def check_post(post: Any, sources: Sequence[str], where: str = "model card") -> dict[str, Any]:
     """Validate a card's ``post`` entry; return it normalised.
 

@@ -38,7 +38,20 @@ def test_post_graph_on_onnxruntime_equals_the_torch_module(d: int, tmp_path: Pat
     torch.manual_seed(d)
     wc = WaveCorrection(2, (0, 1), d, 4, 2, 3).eval()
     torch.nn.init.normal_(wc.out.weight, std=0.5)
-    assert np.array_equal(wavepost.polyphase(d), wc.fir_down.numpy())
+    fir = wavepost.lowpass_fir(d)
+    phases = wavepost.polyphase(d)
+    assert phases.shape == (d, 9) and all(phases[k % d, k // d] == fir[k] for k in range(fir.size))
+    # the module's polyphase resampling against the plain filters: a stride-D convolution with the
+    # taps centred on each kept sample, and a transposed one with D times the taps
+    h = torch.from_numpy(fir).double().reshape(1, 1, -1)
+    wc64 = WaveCorrection(2, (0, 1), d, 4, 2, 3).double()
+    x = torch.randn(2, 3, 5 * d + 7, dtype=torch.float64)
+    plain_down = torch.nn.functional.conv1d(x.reshape(6, 1, -1), h, stride=d, padding=4 * d).reshape(2, 3, -1)
+    torch.testing.assert_close(wc64.down(x), plain_down, atol=1e-12, rtol=0)
+    y = torch.randn(2, 3, 6, dtype=torch.float64)
+    plain_up = torch.nn.functional.conv_transpose1d(y.reshape(6, 1, -1), d * h, stride=d)[..., 4 * d : 4 * d + 6 * d - 1]
+    # (D x taps is rounded to float32 in the module's buffer: exact for powers of two, 1e-7 otherwise)
+    torch.testing.assert_close(wc64.up(y, 6 * d - 1), plain_up.reshape(2, 3, -1), atol=1e-6, rtol=0)
     path = tmp_path / "post.onnx"
     _onnx_export(_PostNet(wc).eval(), torch.randn(1, 6, 20 + 8, d), path, ["blocks", "delta"],
                  {"blocks": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "samples"}})
@@ -153,6 +166,8 @@ def test_wave_model_exports_two_graphs_that_match_torch(tmp_path: Path, weights:
     with torch.inference_mode():
         masks_only = model.mask_stems(torch.from_numpy(x[..., : 3 * 44100])).numpy()
     assert np.abs(got[..., : 3 * 44100] - masks_only)[:, 1].max() > 1e-2  # the correction is there
+    with pytest.raises(ValueError, match=r"w\.post\.onnx: a name ending in \.post\.onnx is taken"):
+        export_run(run, tmp_path / "models" / "w.post.onnx")
     again = export_run(out.with_suffix(".json"), tmp_path / "again" / "w.onnx", check_audio=song)
     assert max(again["training"]["reexport"]["max_abs_diff_to_previous"].values()) <= 1e-6
     assert again["files"]["post"]["sha256"] == card["files"]["post"]["sha256"]
@@ -253,3 +268,25 @@ def test_cli_export_does_not_overwrite_any_file_it_would_write(tmp_path: Path) -
     assert res.exit_code == 0, res.output
     assert load_card(models / "w.json")["files"]["post"]["path"] == "w.post.onnx"
     OnnxSeparator(models / "w.json")  # the post graph written over the stale file: its sha256 matches
+
+
+def test_reexport_of_a_card_whose_post_graph_does_not_fit_names_the_file(tmp_path: Path) -> None:
+    """A card whose post graph has another layout (here: the mask graph in its place, hash
+    updated) is refused by the runtime and by a re-export, naming the file, not with a traceback."""
+    from stemcli.modelcard import sha256_file
+
+    run, _ = _wave_run(tmp_path)
+    song = _song(tmp_path, 2.0)
+    out = tmp_path / "w.onnx"
+    export_run(run, out, check_audio=song)
+    post = tmp_path / "w.post.onnx"
+    post.write_bytes(out.read_bytes())
+    card = json.loads(out.with_suffix(".json").read_text())
+    card["files"]["post"]["sha256"] = sha256_file(post)
+    out.with_suffix(".json").write_text(json.dumps(card))
+    msg = r"w\.post\.onnx: the post graph's input has shape \['batch', 2, 'frames', 64\]; .*re-export"
+    with pytest.raises(ValueError, match=msg):
+        OnnxSeparator(out.with_suffix(".json"))
+    with pytest.raises(ExportError, match=msg):
+        export_run(out.with_suffix(".json"), tmp_path / "again" / "w.onnx", check_audio=song)
+    assert not (tmp_path / "again" / "w.json").exists()
