@@ -225,7 +225,8 @@ def export_cmd(run_dir, output, check_audio, weights, force) -> None:
     Given a model card (models/NAME.json) instead of a run folder, re-export that model's
     weights with this version's exporter; its training record and SDR carry over.
     """
-    from stemcli.export import export_run, post_path
+    from stemcli.export import export_run
+    from stemcli.modelcard import post_path
 
     if not force:  # any file the export writes: the graph, its card, its weights, a post graph
         for path in (output, output.with_suffix(".json"), output.with_suffix(".pt"), post_path(output)):

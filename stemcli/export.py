@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from stemcli.modelcard import CARD_FORMAT, command_line, save_card, sha256_file
+from stemcli.modelcard import CARD_FORMAT, POST_SUFFIX, command_line, post_path, save_card, sha256_file
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -228,9 +228,8 @@ def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list
     chunking), as the parity check compares it with torch."""
     import onnxruntime as ort
 
-    from stemcli.runtime import session_options
+    from stemcli.runtime import session_options, with_post
     from stemcli.spectral import graph_outputs, separate_with_masks
-    from stemcli.wavepost import apply_post, check_graph
 
     sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -250,21 +249,7 @@ def graph_runner(onnx_path: Path, frontend: dict[str, Any] | None, sources: list
         post_sess = ort.InferenceSession(str(post_file), session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ExportError(f"{post_file}: onnxruntime cannot load this post graph ({_one_line(exc)})") from exc
-    try:
-        post_in = check_graph(post_sess, channels, entry["decimate"], post_file)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from exc
-    errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
-              ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.RuntimeException)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        stems = base(x)
-        try:
-            return apply_post(entry, lambda blocks: post_sess.run(None, {post_in: blocks})[0], x, stems, sources)
-        except errors as exc:
-            raise ExportError(f"{post_file}: {_one_line(exc)}") from exc
-
-    return run
+    return with_post(base, entry, sources, channels, post_sess, post_file, error=ExportError)
 
 
 def check_parity(model: Any, onnx_path: Path, inputs: dict[str, np.ndarray], tolerance: float = TOLERANCE,
@@ -408,11 +393,6 @@ def store_initializers_float16(onnx_path: Path, min_elements: int = FP16_MIN_ELE
     return stats
 
 
-def post_path(onnx_path: Path) -> Path:
-    """Where the post graph of the model at ``onnx_path`` goes: ``NAME.post.onnx`` beside ``NAME.onnx``."""
-    return onnx_path.with_name(onnx_path.stem + ".post.onnx")
-
-
 def _onnx_export(net: Any, example: Any, path: Path, names: list[str], axes: dict[str, dict[int, str]]) -> None:
     """``torch.onnx.export`` of ``net`` to one self-contained file at ``path`` (written under a
     temporary name first).
@@ -521,8 +501,8 @@ def export_run(
     run_dir, out_onnx = Path(run_dir), Path(out_onnx)
     if out_onnx.suffix != ".onnx":
         raise ValueError(f"{out_onnx}: the output must end in .onnx")
-    if out_onnx.name.endswith(".post.onnx"):
-        raise ValueError(f"{out_onnx}: a name ending in .post.onnx is taken by the post graph of another model")
+    if out_onnx.name.endswith(POST_SUFFIX):
+        raise ValueError(f"{out_onnx}: a name ending in {POST_SUFFIX} is taken by the post graph of another model")
     if weights is not None and weights not in WEIGHT_DTYPES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_DTYPES)}, got {weights!r}")
     source_card, info = None, {}

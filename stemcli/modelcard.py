@@ -110,14 +110,22 @@ def model_file(card: dict[str, Any], kind: str = "onnx", verify: bool = True) ->
     return f
 
 
+POST_SUFFIX = ".post.onnx"  # a model's second graph, NAME.post.onnx beside NAME.onnx (stemcli.wavepost)
+
+
+def post_path(onnx_path: Path) -> Path:
+    """Where the post graph of the model at ``onnx_path`` goes: ``NAME.post.onnx`` beside ``NAME.onnx``."""
+    return onnx_path.with_name(onnx_path.stem + POST_SUFFIX)
+
+
 def find_card(model: str | Path | None, default: str) -> Path:
     """Resolve a card: a path to ``.json``, a path to ``.onnx`` (its sibling card), a model name
     in :func:`models_dir`, or ``None`` for ``default``."""
     if model is None:
         return models_dir() / f"{default}.json"
     p = Path(model)
-    if p.name.endswith(".post.onnx"):  # a model's second graph: the model's card
-        return p.with_name(p.name[: -len(".post.onnx")] + ".json")
+    if p.name.endswith(POST_SUFFIX):  # a model's second graph: the model's card
+        return p.with_name(p.name[: -len(POST_SUFFIX)] + ".json")
     if p.suffix == ".onnx":
         return p.with_suffix(".json")
     if p.suffix == ".json" or p.exists():

@@ -120,6 +120,40 @@ def run_in_parts(run: Any, mix: np.ndarray, bounds: list[int], context: int, fad
     return out
 
 
+def with_post(base: Any, post: dict[str, Any], sources: Any, channels: int, session: Any, path: Path,
+              error: type[Exception] = ValueError) -> Any:
+    """``base`` (``mix [batch, channels, time] -> stems``) followed by the post graph in
+    ``session``, read from ``path`` (:mod:`stemcli.wavepost`; ``post`` a checked card entry): the
+    runtime's and the export parity check's.
+
+    Raises:
+        ``error`` naming ``path``: the graph does not fit the card (now), or fails when run.
+    """
+    import onnxruntime as ort
+
+    from stemcli.wavepost import apply_post, check_graph
+
+    try:
+        in_name = check_graph(session, channels, post["decimate"], path)
+    except ValueError as exc:
+        raise error(str(exc)) from exc
+    errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
+              ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+              ort.capi.onnxruntime_pybind11_state.RuntimeException)
+
+    def graph(blocks: np.ndarray) -> np.ndarray:
+        return session.run(None, {in_name: blocks})[0]
+
+    def run(mix: np.ndarray) -> np.ndarray:
+        est = np.asarray(base(mix), np.float32)  # a fresh array from the front end: corrected in place
+        try:
+            return apply_post(post, graph, mix, est if est.flags.writeable else est.copy(), sources)
+        except errors as exc:
+            raise error(f"{path}: {exc}") from exc
+
+    return run
+
+
 class OnnxSeparator(Separator):
     """A separator backed by an exported model and its card.
 
@@ -199,28 +233,8 @@ class OnnxSeparator(Separator):
         run = self._onnx_graph_runner(path, intra)
         if post_file is None:
             return run
-        from stemcli.wavepost import apply_post, check_graph
-
         post_session = self._session(post_file, intra)
-        in_name = check_graph(post_session, self.channels, self.post["decimate"], post_file)
-        post, sources = self.post, self.sources
-        import onnxruntime as ort
-
-        ort_errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,
-                      ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                      ort.capi.onnxruntime_pybind11_state.RuntimeException)
-
-        def graph(blocks: np.ndarray) -> np.ndarray:
-            return post_session.run(None, {in_name: blocks})[0]
-
-        def run_with_post(mix: np.ndarray) -> np.ndarray:
-            est = np.asarray(run(mix), np.float32)  # a fresh array from the front end: corrected in place
-            try:
-                return apply_post(post, graph, mix, est if est.flags.writeable else est.copy(), sources)
-            except ort_errors as exc:
-                raise ValueError(f"{post_file}: {exc}") from exc
-
-        return run_with_post
+        return with_post(run, self.post, self.sources, self.channels, post_session, post_file)
 
     @staticmethod
     def _session(path: Path, intra: int | None) -> Any:
