@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                          "history and the order of the two systems showed in their times)")
     args = ap.parse_args(argv)
     try:  # re-runs this script under it if needed
-        allocator.ensure(args.allocator, [sys.executable, str(Path(__file__).resolve()),
-                                          *(sys.argv[1:] if argv is None else argv)])
+        allocator.ensure_script(args.allocator, __file__, argv)
     except (ValueError, RuntimeError) as exc:
         ap.error(str(exc))
 

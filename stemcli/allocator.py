@@ -166,6 +166,16 @@ def _exec(argv: Sequence[str] | None, env: Mapping[str, str]) -> None:
     os.execve(args[0], args, dict(env))
 
 
+def ensure_script(choice: str, script: str | Path, argv: Sequence[str] | None = None) -> str:
+    """:func:`ensure` for a Python script run as ``python SCRIPT ARGS``: re-executes ``script``
+    with ``argv`` (default: this process's arguments) under ``choice`` if needed.
+
+    Raises:
+        ValueError, RuntimeError: as :func:`ensure`.
+    """
+    return ensure(choice, [sys.executable, str(Path(script).resolve()), *(sys.argv[1:] if argv is None else argv)])
+
+
 def ensure(choice: str, argv: Sequence[str] | None = None) -> str:
     """Make this process run with ``choice`` (see :func:`resolve`): return the allocator in
     use if it does, else re-execute ``argv`` (default: this interpreter's command line) under

@@ -129,3 +129,16 @@ def test_light_commands_start_without_reexec(tmp_path):
     bad.write_bytes(b"")
     r = _run(["-m", "stemcli", "list", "--help"], STEMCLI_ALLOCATOR=str(bad))
     assert r.returncode == 0 and "warning" not in r.stderr and "ld.so" not in r.stderr
+
+
+def test_ensure_script_reexecs_the_script_with_its_arguments(monkeypatch, tmp_path):
+    """A benchmark script's re-exec line: this interpreter, the script's absolute path, then
+    the given arguments (or this process's own)."""
+    seen = []
+    monkeypatch.setattr(allocator, "ensure", lambda choice, argv=None: seen.append((choice, argv)) or choice)
+    script = tmp_path / "bench.py"
+    assert allocator.ensure_script("system", script, ["--x", "1"]) == "system"
+    assert seen[-1] == ("system", [sys.executable, str(script.resolve()), "--x", "1"])
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--y"])
+    allocator.ensure_script("auto", script)
+    assert seen[-1] == ("auto", [sys.executable, str(script.resolve()), "--y"])
