@@ -299,6 +299,8 @@ def compare(result_a, result_b, metric, target, resamples, json_out) -> None:
     except ValueError as exc:
         raise _fail(exc) from None
     click.echo(cmp.format_comparison(rows, a["label"], b["label"], metric, target))
+    if cmp.same_model(a, b):
+        click.echo("note: A and B scored the same model files (the card's sha256s are equal)", err=True)
     if json_out:
         from stemcli.evaluate import write_json
 

@@ -93,7 +93,24 @@ def load_result(spec: str | Path) -> dict[str, Any]:
     if bad:
         raise ValueError(f"{path}: malformed scores for track {bad[0]} (expected stem -> metric -> dB)")
     label = str(res.get("model") or path.stem)
-    return {**res, "label": f"{label} ({path.name}{':' + which if which else ''})"}
+    files = card_files(res)
+    tag = f", onnx {files['onnx'][:12]}" if files.get("onnx") else ""
+    return {**res, "label": f"{label} ({path.name}{':' + which if which else ''}{tag})"}
+
+
+def card_files(res: Mapping[str, Any]) -> dict[str, str]:
+    """File kind -> sha256 of the model card a result recorded (``stemcli evaluate``'s ``card``),
+    empty for results without one (older results, estimates folders, plugins without a card)."""
+    card = res.get("card")
+    files = card.get("files") if isinstance(card, Mapping) else None
+    return {str(k): str(v) for k, v in files.items() if v} if isinstance(files, Mapping) else {}
+
+
+def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Both results recorded the same model files (the comparison is then of settings or audio
+    path, not of models)."""
+    fa = card_files(a)
+    return bool(fa) and fa == card_files(b)
 
 
 def _fingerprints(res: Mapping[str, Any]) -> dict[str, str]:

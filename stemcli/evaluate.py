@@ -287,6 +287,19 @@ def _track_scores(frames: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, d
 # --------------------------------------------------------------------------- the run
 
 
+def card_record(separator: Any) -> dict[str, Any] | None:
+    """Which model files were scored: the card's path, name and per-file sha256 of a card-backed
+    separator (through a post-filter), or None.  Two cards exported under one name (every export
+    of a run as ``mmdense``) are then told apart by their results."""
+    separator = getattr(separator, "inner", separator)
+    card = getattr(separator, "card", None)
+    if not isinstance(card, Mapping) or not card.get("_path"):
+        return None
+    files = card.get("files") if isinstance(card.get("files"), Mapping) else {}
+    return {"path": str(card["_path"]), "name": card.get("name"),
+            "files": {k: v.get("sha256") for k, v in files.items() if isinstance(v, Mapping)}}
+
+
 def _stft_of(separator: Any, n_fft: int | None, hop: int | None) -> tuple[int, int]:
     """The oracle's STFT: explicit values, else the separator's (attributes ``n_fft``/``hop`` or its
     model card's ``config``), else 4096/1024."""
@@ -461,6 +474,7 @@ def evaluate(
         per_track, oracle_track = oracle_track, {}
     result: dict[str, Any] = {
         "model": label,
+        **({"card": record} if (record := card_record(separator)) is not None else {}),
         "backend": backend,
         "data": str(Path(data)),
         "split": split,

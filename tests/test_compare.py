@@ -153,3 +153,22 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["compare", str(a), str(tmp_path / "nope.json")])
     assert bad.exit_code == 1 and "nope.json: cannot read evaluation results" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_results_of_two_exports_under_one_name_are_told_apart(tmp_path: Path) -> None:
+    """Every export of a run is called ``mmdense``: the label carries the scored ONNX file's
+    sha256, and comparing two results of the same files says so."""
+    card = lambda onnx: {"path": "/r/mmdense.json", "name": "mmdense", "files": {"onnx": onnx}}  # noqa: E731
+    a = write_json({**result({"bass": [1.0, 2.0]}, model="mmdense"), "card": card("ab" * 32)}, tmp_path / "a.json")
+    b = write_json({**result({"bass": [0.0, 2.0]}, model="mmdense"), "card": card("cd" * 32)}, tmp_path / "b.json")
+    c = write_json({**result({"bass": [0.5, 1.0]}, model="mmdense"), "card": card("ab" * 32)}, tmp_path / "c.json")
+    old = write_json(result({"bass": [0.5, 1.0]}, model="mmdense"), tmp_path / "old.json")
+    assert cmp.load_result(a)["label"] == f"mmdense (a.json, onnx {'ab' * 6})"
+    assert cmp.load_result(old)["label"] == "mmdense (old.json)"
+    assert not cmp.same_model(cmp.load_result(a), cmp.load_result(b))
+    assert cmp.same_model(cmp.load_result(a), cmp.load_result(c))
+    assert not cmp.same_model(cmp.load_result(old), cmp.load_result(old))  # nothing recorded: unknown, not equal
+    note = "A and B scored the same model files"
+    runner = CliRunner()
+    assert note in runner.invoke(cli, ["compare", str(a), str(c), "--resamples", "0"]).output
+    assert note not in runner.invoke(cli, ["compare", str(a), str(b), "--resamples", "0"]).output

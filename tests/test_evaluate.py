@@ -483,6 +483,27 @@ def test_the_wiener_setting_is_recorded_with_the_scores(two: Path) -> None:
     assert evaluate(SplitAt1k(), two, wiener=1, **quiet)["settings"]["wiener"] == 1
 
 
+class CardSplit(SplitAt1k):
+    """SplitAt1k posing as a card-backed model (what OnnxSeparator carries)."""
+
+    name = "mmdense"
+    card = {"_path": "/models/a/mmdense.json", "name": "mmdense",
+            "files": {"onnx": {"path": "mmdense.onnx", "sha256": "ab" * 32}, "post": {"path": "mmdense.post.onnx",
+                                                                                       "sha256": "cd" * 32}}}
+
+
+def test_results_name_the_scored_card_and_its_files(two: Path, tmp_path: Path) -> None:
+    """Two exports under one name are told apart by their results: card path and per-file sha256,
+    also through the Wiener post-filter; a separator without a card records none."""
+    quiet = dict(progress=False, echo=lambda _: None, tracks=["track1"])
+    want = {"path": "/models/a/mmdense.json", "name": "mmdense", "files": {"onnx": "ab" * 32, "post": "cd" * 32}}
+    res = evaluate(CardSplit(), two, json_out=tmp_path / "r.json", **quiet)
+    assert res["card"] == want
+    assert json.loads((tmp_path / "r.json").read_text())["card"] == want
+    assert evaluate(CardSplit(), two, wiener=1, **quiet)["card"] == want
+    assert "card" not in evaluate(SplitAt1k(), two, **quiet)
+
+
 def test_quality_benchmark_prints_and_saves_the_paired_comparison(two: Path, tmp_path: Path, monkeypatch,
                                                                   capsys) -> None:
     """benchmarks/quality.py puts stemcli.compare's rows beside the target table (printed, and as
