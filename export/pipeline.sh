@@ -5,7 +5,7 @@
 #   MINUTES=5 MM_BUDGET="--minutes 5" export/pipeline.sh   # a quick dry run of the same steps
 #
 # Each step is resumable: the data step is skipped when dataset.json exists, training resumes
-# from the run folder's checkpoint (--resume, wall-clock budget counted over sessions), and
+# from the run folder's checkpoint (--resume; a wall-clock budget is counted over sessions), and
 # export overwrites the model files atomically. Both architectures train concurrently, one
 # thread each, for the same budget (the comparison the README quotes): Open-Unmix 90 minutes,
 # MMDenseNet the steps its recipe makes in them on this machine (MM_BUDGET).
@@ -21,7 +21,7 @@ MM_CONFIG=${MM_CONFIG:-export/configs/mmdense32.json}  # the shipped architectur
 MINUTES=${MINUTES:-90}                # Open-Unmix's training-step wall clock
 # MMDenseNet's budget in steps: the 14397 steps mmdense27.json made in those 90 minutes beside Open-Unmix,
 # divided by the measured step-time ratio of the wave branch (1.116; export/README.md "Session 25")
-MM_BUDGET=${MM_BUDGET:---steps 12900}
+MM_BUDGET=${MM_BUDGET:---steps 12900}  # e.g. "--minutes 90" for a wall-clock budget instead
 mkdir -p "$RUNS"
 
 # 0. Set-up, plus the openunmix package (the baseline architecture; installed --no-deps).
@@ -50,8 +50,9 @@ wait $UMX
 
 # 3. Export: ONNX (mmdense: the magnitude -> mask graph behind the FFT front end, and the wave
 #    branch's post graph, models/mmdense.post.onnx; both checked against the torch waveform model
-#    on random and real audio, max |diff| <= 1e-4), state dict and model card. The shipped files store the weights as float16 (rounded first, so the check compares
-#    like with like; the computation stays float32): half the size, the same SDR to 0.01 dB.
+#    on random and real audio, max |diff| <= 1e-4), state dict and model card. The shipped files
+#    store the weights as float16 (rounded first, so the check compares like with like; the
+#    computation stays float32): half the size, the same SDR to 0.01 dB.
 #    The baseline (~140 MB) stays next to its run.
 CHECK=$(ls "$DATA"/test/*/mixture.wav | head -n 1)
 $PY -m stemcli export "$MM_RUN" -o models/mmdense.onnx --check-audio "$CHECK" --weights float16 --force

@@ -300,7 +300,7 @@ def compare(result_a, result_b, metric, target, resamples, json_out) -> None:
         raise _fail(exc) from None
     click.echo(cmp.format_comparison(rows, a["label"], b["label"], metric, target))
     if cmp.same_model(a, b):
-        click.echo("note: A and B scored the same model files (the card's sha256s are equal)", err=True)
+        click.echo("note: A and B scored the same model files on the same backend (the sha256s are equal)", err=True)
     if json_out:
         from stemcli.evaluate import write_json
 

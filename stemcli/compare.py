@@ -94,23 +94,29 @@ def load_result(spec: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: malformed scores for track {bad[0]} (expected stem -> metric -> dB)")
     label = str(res.get("model") or path.stem)
     files = card_files(res)
-    tag = f", onnx {files['onnx'][:12]}" if files.get("onnx") else ""
+    kind = next((k for k in ("onnx", "torch") if k in files), None)
+    tag = f", {kind} {files[kind][:12]}" if kind else ""
     return {**res, "label": f"{label} ({path.name}{':' + which if which else ''}{tag})"}
 
 
 def card_files(res: Mapping[str, Any]) -> dict[str, str]:
-    """File kind -> sha256 of the model card a result recorded (``stemcli evaluate``'s ``card``),
-    empty for results without one (older results, estimates folders, plugins without a card)."""
+    """File kind -> sha256 of the model files a result scored (``stemcli evaluate``'s ``card``:
+    the files its backend loaded), empty for results without one (older results, estimates
+    folders, plugins without a card); entries that are not a sha256 string are left out."""
     card = res.get("card")
     files = card.get("files") if isinstance(card, Mapping) else None
-    return {str(k): str(v) for k, v in files.items() if v} if isinstance(files, Mapping) else {}
+    if not isinstance(files, Mapping):
+        return {}
+    return {str(k): v for k, v in files.items() if isinstance(v, str) and v}
 
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Both results recorded the same model files (the comparison is then of settings or audio
-    path, not of models)."""
+    """Both results scored the same model files on the same backend (the comparison is then of
+    settings or audio path, not of models)."""
     fa = card_files(a)
-    return bool(fa) and fa == card_files(b)
+    if not fa or fa != card_files(b):
+        return False
+    return a["card"].get("backend") == b["card"].get("backend")  # both cards are mappings here
 
 
 def _fingerprints(res: Mapping[str, Any]) -> dict[str, str]:

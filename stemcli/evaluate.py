@@ -288,16 +288,20 @@ def _track_scores(frames: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, d
 
 
 def card_record(separator: Any) -> dict[str, Any] | None:
-    """Which model files were scored: the card's path, name and per-file sha256 of a card-backed
-    separator (through a post-filter), or None.  Two cards exported under one name (every export
-    of a run as ``mmdense``) are then told apart by their results."""
+    """Which model files were scored: the card's path, name and backend, and the sha256 of the
+    files that backend loads (``onnx`` and ``post`` on onnxruntime, ``torch`` on torch), of a
+    card-backed separator (through a post-filter), or None.  Two cards exported under one name
+    (every export of a run as ``mmdense``) are then told apart by their results."""
     separator = getattr(separator, "inner", separator)
     card = getattr(separator, "card", None)
-    if not isinstance(card, Mapping) or not card.get("_path"):
+    if not isinstance(card, Mapping):
         return None
+    backend = str(getattr(separator, "backend", None) or "onnx")
+    loaded = ("torch",) if backend == "torch" else ("onnx", "post")
     files = card.get("files") if isinstance(card.get("files"), Mapping) else {}
-    return {"path": str(card["_path"]), "name": card.get("name"),
-            "files": {k: v.get("sha256") for k, v in files.items() if isinstance(v, Mapping)}}
+    return {"path": str(card["_path"]) if card.get("_path") else None, "name": card.get("name"), "backend": backend,
+            "files": {k: str(v["sha256"]) for k, v in files.items()
+                      if k in loaded and isinstance(v, Mapping) and v.get("sha256")}}
 
 
 def _stft_of(separator: Any, n_fft: int | None, hop: int | None) -> tuple[int, int]:

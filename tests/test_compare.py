@@ -156,19 +156,35 @@ def test_cli_prints_the_table_and_writes_json(tmp_path: Path) -> None:
 
 
 def test_results_of_two_exports_under_one_name_are_told_apart(tmp_path: Path) -> None:
-    """Every export of a run is called ``mmdense``: the label carries the scored ONNX file's
-    sha256, and comparing two results of the same files says so."""
-    card = lambda onnx: {"path": "/r/mmdense.json", "name": "mmdense", "files": {"onnx": onnx}}  # noqa: E731
-    a = write_json({**result({"bass": [1.0, 2.0]}, model="mmdense"), "card": card("ab" * 32)}, tmp_path / "a.json")
-    b = write_json({**result({"bass": [0.0, 2.0]}, model="mmdense"), "card": card("cd" * 32)}, tmp_path / "b.json")
-    c = write_json({**result({"bass": [0.5, 1.0]}, model="mmdense"), "card": card("ab" * 32)}, tmp_path / "c.json")
-    old = write_json(result({"bass": [0.5, 1.0]}, model="mmdense"), tmp_path / "old.json")
-    assert cmp.load_result(a)["label"] == f"mmdense (a.json, onnx {'ab' * 6})"
-    assert cmp.load_result(old)["label"] == "mmdense (old.json)"
-    assert not cmp.same_model(cmp.load_result(a), cmp.load_result(b))
-    assert cmp.same_model(cmp.load_result(a), cmp.load_result(c))
-    assert not cmp.same_model(cmp.load_result(old), cmp.load_result(old))  # nothing recorded: unknown, not equal
+    """Every export of a run is called ``mmdense``: the label carries the sha256 of the file the
+    backend scored, and comparing two results of the same files on the same backend says so
+    (on stderr, the table stays clean)."""
+    def card(backend: str, **files: str) -> dict:
+        return {"path": "/r/mmdense.json", "name": "mmdense", "backend": backend, "files": files}
+
+    def saved(name: str, c: dict | None) -> Path:
+        res = result({"bass": [1.0, 2.0]}, model="mmdense")
+        return write_json({**res, **({"card": c} if c is not None else {})}, tmp_path / name)
+
+    a = saved("a.json", card("onnx", onnx="ab" * 32, post="99" * 32))
+    b = saved("b.json", card("onnx", onnx="cd" * 32))
+    c = saved("c.json", card("onnx", onnx="ab" * 32, post="99" * 32))
+    t = saved("t.json", card("torch", torch="ef" * 32))
+    odd = saved("odd.json", {"files": {"onnx": {"sha256": "ab" * 32}}})  # not a sha256 string: ignored
+    old = saved("old.json", None)
+    load = cmp.load_result
+    assert load(a)["label"] == f"mmdense (a.json, onnx {'ab' * 6})"
+    assert load(t)["label"] == f"mmdense (t.json, torch {'ef' * 6})"
+    assert load(old)["label"] == "mmdense (old.json)" and load(odd)["label"] == "mmdense (odd.json)"
+    assert not cmp.same_model(load(a), load(b))
+    assert cmp.same_model(load(a), load(c))
+    assert not cmp.same_model(load(a), load(t))
+    assert not cmp.same_model(load(old), load(old))  # nothing recorded: unknown, not equal
+    assert not cmp.same_model(load(odd), load(odd))
+    same_files_other_backend = saved("d.json", card("torch", onnx="ab" * 32, post="99" * 32))
+    assert not cmp.same_model(load(a), load(same_files_other_backend))
     note = "A and B scored the same model files"
     runner = CliRunner()
-    assert note in runner.invoke(cli, ["compare", str(a), str(c), "--resamples", "0"]).output
+    res = runner.invoke(cli, ["compare", str(a), str(c), "--resamples", "0"])
+    assert res.exit_code == 0 and note in res.stderr and note not in res.stdout
     assert note not in runner.invoke(cli, ["compare", str(a), str(b), "--resamples", "0"]).output

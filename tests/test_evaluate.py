@@ -488,20 +488,30 @@ class CardSplit(SplitAt1k):
 
     name = "mmdense"
     card = {"_path": "/models/a/mmdense.json", "name": "mmdense",
-            "files": {"onnx": {"path": "mmdense.onnx", "sha256": "ab" * 32}, "post": {"path": "mmdense.post.onnx",
-                                                                                       "sha256": "cd" * 32}}}
+            "files": {"onnx": {"path": "mmdense.onnx", "sha256": "ab" * 32},
+                      "post": {"path": "mmdense.post.onnx", "sha256": "cd" * 32},
+                      "torch": {"path": "mmdense.pt", "sha256": "ef" * 32}}}
 
 
 def test_results_name_the_scored_card_and_its_files(two: Path, tmp_path: Path) -> None:
-    """Two exports under one name are told apart by their results: card path and per-file sha256,
-    also through the Wiener post-filter; a separator without a card records none."""
+    """Two exports under one name are told apart by their results: card path, backend and the
+    sha256 of the files that backend loads, also through the Wiener post-filter; a separator
+    without a card records none."""
     quiet = dict(progress=False, echo=lambda _: None, tracks=["track1"])
-    want = {"path": "/models/a/mmdense.json", "name": "mmdense", "files": {"onnx": "ab" * 32, "post": "cd" * 32}}
+    want = {"path": "/models/a/mmdense.json", "name": "mmdense", "backend": "onnx",
+            "files": {"onnx": "ab" * 32, "post": "cd" * 32}}
     res = evaluate(CardSplit(), two, json_out=tmp_path / "r.json", **quiet)
     assert res["card"] == want
     assert json.loads((tmp_path / "r.json").read_text())["card"] == want
     assert evaluate(CardSplit(), two, wiener=1, **quiet)["card"] == want
     assert "card" not in evaluate(SplitAt1k(), two, **quiet)
+    on_torch = CardSplit()
+    on_torch.backend = "torch"  # the torch backend loads only the state dict
+    assert evaluate(on_torch, two, **quiet)["card"]["files"] == {"torch": "ef" * 32}
+    bare = CardSplit()
+    bare.card = {"name": "x", "files": {"onnx": {"sha256": "12" * 32}, "post": "not an entry"}}  # no _path
+    assert evaluate(bare, two, **quiet)["card"] == {"path": None, "name": "x", "backend": "onnx",
+                                                    "files": {"onnx": "12" * 32}}
 
 
 def test_quality_benchmark_prints_and_saves_the_paired_comparison(two: Path, tmp_path: Path, monkeypatch,
