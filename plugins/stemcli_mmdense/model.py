@@ -299,11 +299,13 @@ class WaveCorrection(nn.Module):
         N, L]`` (sample ``k`` centred on input sample ``k * D``): every block against the 9
         polyphase filters (one matrix product), then ``y[k]`` = the sum over ``q`` of block ``k +
         q``'s product with filter ``q`` (slices with constant bounds: the exported graph keeps a
-        dynamic length)."""
-        z = blocks @ self.fir_down  # [B, N, L + 8, 9]
-        y = z[:, :, 0:-8, 0]
+        dynamic length).  The products are transposed first so that each slice is contiguous:
+        the same sums in the same order, 2.2x faster on onnxruntime than nine strided gathers
+        (4.3 against 9.7 ms for 17 s of six channels, one thread)."""
+        z = (blocks @ self.fir_down).transpose(-1, -2)  # [B, N, 9, L + 8]
+        y = z[:, :, 0, 0:-8]
         for q in range(1, 9):
-            y = y + z[:, :, q : (q - 8) or None, q]
+            y = y + z[:, :, q, q : (q - 8) or None]
         return y
 
     def down(self, x: torch.Tensor) -> torch.Tensor:
