@@ -64,17 +64,17 @@ def measure(path: Path, model: str, outdir: Path, alloc: str = "tcmalloc") -> tu
 
 
 def main() -> None:
+    from stemcli.allocator import CHOICES, resolve
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="separator (default: the default model)")
     ap.add_argument("--short", type=float, default=3.0, help="minutes")
     ap.add_argument("--long", type=float, default=60.0, help="minutes")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+    ap.add_argument("--allocator", choices=CHOICES, default="auto",
                     help="memory allocator of the separating processes (default auto: tcmalloc if "
                          "installed, as `stemcli separate`)")
     args = ap.parse_args()
-    from stemcli.allocator import resolve
-
     try:
         args.allocator = resolve(args.allocator)
     except ValueError as exc:

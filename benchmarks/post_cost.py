@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+    ap.add_argument("--allocator", choices=allocator.CHOICES, default="auto",
                     help="memory allocator of this process (default auto: tcmalloc if installed, as `stemcli "
                          "separate` runs; with glibc's, each separator's worker threads keep their own arena "
                          "history and the order of the two systems showed in their times)")

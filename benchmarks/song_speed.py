@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="+", help="LABEL=MODEL[@TREE][%%ALLOCATOR]")
     p.add_argument("--minutes", type=float, default=3.0)
-    p.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+    p.add_argument("--allocator", choices=allocator.CHOICES, default="auto",
                    help="allocator of configurations without a %%suffix (default auto: tcmalloc if installed)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path)
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, rest = c.partition("=")
         if not sep or not label:
             sys.exit(f"error: configuration '{c}': expected LABEL=MODEL[@TREE][%ALLOCATOR]")
-        if "%" in rest and rest.rpartition("%")[2] in ("auto", "tcmalloc", "system"):
+        if "%" in rest and rest.rpartition("%")[2] in allocator.CHOICES:
             rest, _, alloc = rest.rpartition("%")
         else:
             alloc = a.allocator

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"subset of {','.join(ALL_SYSTEMS)}")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--update-card", type=Path, help="merge the numbers into this model card's 'metrics.speed'")
-    ap.add_argument("--allocator", choices=("auto", "tcmalloc", "system"), default="auto",
+    ap.add_argument("--allocator", choices=allocator.CHOICES, default="auto",
                     help="memory allocator of this process, so of all systems (default auto: tcmalloc "
                          "if installed, as `stemcli separate` runs; see stemcli/allocator.py)")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 HEAVY = frozenset({"separate", "train", "evaluate", "export", "remix"})
 NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
 KNOWN = ("tcmalloc", "jemalloc", "mimalloc")  # allocators active() recognises by name
+CHOICES = ("auto", "tcmalloc", "system")  # a benchmark's --allocator choices (resolve)
 ENV = "STEMCLI_ALLOCATOR"
 MARK = "STEMCLI_ALLOCATOR_REEXEC"  # set across a re-exec: the new process does not re-exec again
 # tcmalloc reports every single allocation above 1 GiB on stderr: keep the commands' output clean
@@ -126,7 +127,7 @@ def resolve(choice: str) -> str:
     Raises:
         ValueError: unknown choice, or tcmalloc asked for and not installed.
     """
-    if choice not in ("auto", "tcmalloc", "system"):
+    if choice not in CHOICES:
         raise ValueError(f"unknown allocator '{choice}' (choose tcmalloc, system or auto)")
     installed = find_tcmalloc() is not None
     if choice == "tcmalloc" and not installed:
