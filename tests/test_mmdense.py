@@ -230,23 +230,16 @@ def test_mask_buffer_reuse_keeps_results_apart(monkeypatch) -> None:
     xa = (0.1 * rng.standard_normal((1, 2, 3 * 44100))).astype(np.float32)
     xb = (0.1 * rng.standard_normal((1, 2, 2 * 44100 + 777))).astype(np.float32)
     name = sep.session.get_inputs()[0].name
-    post = None
-    if sep.post is not None:  # the shipped model's second graph, run on its own session as the runtime does
-        import onnxruntime as ort
-
-        from stemcli.modelcard import model_file
-        from stemcli.runtime import session_options
-        from stemcli.wavepost import apply_post
-
-        post_session = ort.InferenceSession(str(model_file(sep.card, "post")), session_options(1),
-                                            providers=["CPUExecutionProvider"])
-        post_in = post_session.get_inputs()[0].name
-        post = lambda x, est: apply_post(sep.post, lambda b: post_session.run(None, {post_in: b})[0], x, est,  # noqa: E731
-                                         sep.sources)
 
     def plain(x: np.ndarray) -> np.ndarray:
-        est = separate_with_masks(sep.frontend, lambda mag: tuple(sep.session.run(None, {name: mag})), x, 4)
-        return est if post is None else post(x, est)
+        return separate_with_masks(sep.frontend, lambda mag: tuple(sep.session.run(None, {name: mag})), x, 4)
+
+    if sep.post is not None:  # the shipped model's second graph, on its own session, as the runtime runs it
+        from stemcli.modelcard import model_file
+        from stemcli.runtime import with_post
+
+        post_file = model_file(sep.card, "post")
+        plain = with_post(plain, sep.post, sep.sources, sep.channels, sep._session(post_file, 1), post_file)
 
     want_a, want_b = plain(xa), plain(xb)
 
