@@ -427,8 +427,9 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     """Export ``model`` (eval mode) to one ONNX file: its ``mask_net()`` if it has a front end
     (dynamic batch and frame axes), else the whole waveform model (dynamic batch and time).  A
     model with a ``post()`` entry also gets its ``post_net()`` at :func:`post_path` (input
-    ``blocks [batch, 3 * channels, frames + 8, decimate]``, output ``delta [batch, channels,
-    frames * decimate]``, dynamic batch and frames: :mod:`stemcli.wavepost`)."""
+    ``blocks [batch, (K + 1) * channels, frames + 8, decimate]``, output ``delta [batch, (K - 1) *
+    channels, frames * decimate]`` for the ``K`` stems of its ``pair``, dynamic batch and frames:
+    :mod:`stemcli.wavepost`)."""
     import torch
 
     frontend = _frontend(model)  # a model that cannot be exported refuses here, before any file
@@ -447,7 +448,7 @@ def export_model(model: Any, onnx_path: Path, channels: int) -> None:
     _onnx_export(net, example, onnx_path, names, axes)
     if post is not None:
         try:
-            example = torch.randn(1, 3 * channels, 100 + 8, post["decimate"])
+            example = torch.randn(1, (len(post["pair"]) + 1) * channels, 100 + 8, post["decimate"])
             _onnx_export(model.post_net().eval(), example, post_path(onnx_path), ["blocks", "delta"],
                          {"blocks": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "samples"}})
         except BaseException:
@@ -589,11 +590,18 @@ def export_run(
             io["output"] = (f"masks [batch, {m}, channels, frames, {k}] float32 (bins below {k}), "
                             f"masks_high [batch, {m}, 1, frames, bins - {k}] float32 (above, every channel)")
     if post is not None:
-        first, second = post["pair"]
-        d = post["decimate"]
-        io["post"] = (f"blocks [batch, 3 x channels, frames + 8, {d}] float32 (mixture, {first}, {second}, zero-padded "
-                      f"by {4 * d} samples before, in blocks of {d}) -> delta [batch, channels, frames x {d}] float32 "
-                      f"(added to {first}, subtracted from {second})")
+        pair, d = post["pair"], post["decimate"]
+        if len(pair) == 2:
+            first, second = pair
+            io["post"] = (f"blocks [batch, 3 x channels, frames + 8, {d}] float32 (mixture, {first}, {second}, zero-padded "
+                          f"by {4 * d} samples before, in blocks of {d}) -> delta [batch, channels, frames x {d}] float32 "
+                          f"(added to {first}, subtracted from {second})")
+        else:
+            k = len(pair)
+            io["post"] = (f"blocks [batch, {k + 1} x channels, frames + 8, {d}] float32 (mixture, {', '.join(pair)}, "
+                          f"zero-padded by {4 * d} samples before, in blocks of {d}) -> delta [batch, {k - 1} x channels, "
+                          f"frames x {d}] float32 (corrections added to {', '.join(pair[:-1])} in that order, all "
+                          f"subtracted from {pair[-1]})")
     if source_card is not None:  # the same weights: their training record carries over
         training = {k: v for k, v in (source_card.get("training") or {}).items() if k != "reexport"}
         training["reexport"] = {"card": str(run_dir), "onnx_sha256": source_card.get("sha256"),

@@ -134,7 +134,7 @@ def with_post(base: Any, post: dict[str, Any], sources: Any, channels: int, sess
     from stemcli.wavepost import apply_post, check_graph
 
     try:
-        in_name = check_graph(session, channels, post["decimate"], path)
+        in_name = check_graph(session, channels, post["decimate"], path, len(post["pair"]))
     except ValueError as exc:
         raise error(str(exc)) from exc
     errors = (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail,

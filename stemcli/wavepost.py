@@ -1,21 +1,24 @@
-"""A waveform post graph after the inverse STFT: a zero-sum correction between two stems at a
-decimated rate (``stemcli_mmdense``'s ``"wave"`` branch), run on onnxruntime.
+"""A waveform post graph after the inverse STFT: a zero-sum correction among two or more stems
+at a decimated rate (``stemcli_mmdense``'s ``"wave"`` branch), run on onnxruntime.
 
 A card with a ``post`` entry has a second ONNX graph (``files.post``, sha256-checked like the
-first).  After the stems of the mask graph are inverted, the mixture and the two stems of the
-``pair`` are zero-padded and cut in blocks of ``decimate`` samples here (:func:`blocks`); the
-graph low-passes and decimates them, runs its convolutions at that rate and interpolates the
-correction back with the same low-pass; the correction is **added to the first stem and
-subtracted from the second**: the stems still sum to the mixture::
+first).  After the stems of the mask graph are inverted, the mixture and the ``K`` stems of the
+``pair`` (two, or more) are zero-padded and cut in blocks of ``decimate`` samples here
+(:func:`blocks`); the graph low-passes and decimates them, runs its convolutions at that rate
+and interpolates ``K - 1`` corrections back with the same low-pass; correction ``k`` is **added
+to stem ``k`` of the pair and all of them are subtracted from the last**: the stems still sum
+to the mixture.  With two stems: the correction is added to the first and subtracted from the
+second::
 
     "post": {"type": "wave-pair", "pair": ["drums", "bass"], "decimate": 32}
 
-* graph input ``blocks [batch, 3 * channels, frames + 8, decimate]`` float32: the mixture, first
-  and second stem stacked along the channels in that order, each with ``4 * decimate`` zeros
-  before and zeros after up to ``(frames + 8) * decimate`` samples, ``frames = ceil(time /
-  decimate)``;
-* graph output ``delta [batch, channels, frames * decimate]`` float32, of which the first
-  ``time`` samples are used.
+* graph input ``blocks [batch, (K + 1) * channels, frames + 8, decimate]`` float32: the mixture
+  and the pair's stems stacked along the channels in that order, each with ``4 * decimate``
+  zeros before and zeros after up to ``(frames + 8) * decimate`` samples, ``frames = ceil(time
+  / decimate)``;
+* graph output ``delta [batch, (K - 1) * channels, frames * decimate]`` float32 (the
+  corrections of the first ``K - 1`` stems, stacked along the channels in that order), of which
+  the first ``time`` samples are used.
 
 The resampling is in the graph, not in numpy: a numpy matrix product goes through OpenBLAS,
 whose own threads, beside the runtime's worker threads or other busy processes, made the
@@ -85,11 +88,11 @@ def blocks(parts: Sequence[np.ndarray], factor: int) -> np.ndarray:
     return out.reshape(b, row, frames + 8, d)
 
 
-def check_graph(session: Any, channels: int, decimate: int, path: Any) -> str:
+def check_graph(session: Any, channels: int, decimate: int, path: Any, stems: int = 2) -> str:
     """Check an onnxruntime session of a post graph against its card: one input of rank 4
-    ``[batch, 3 * channels, frames + 8, decimate]`` and one output of rank 3 ``[batch, channels,
-    samples]`` (a dimension the graph leaves symbolic is checked when it runs).  Returns the
-    input's name.
+    ``[batch, (stems + 1) * channels, frames + 8, decimate]`` and one output of rank 3 ``[batch,
+    (stems - 1) * channels, samples]`` (a dimension the graph leaves symbolic is checked when it
+    runs; ``stems`` the length of the card's ``pair``).  Returns the input's name.
 
     Raises:
         ValueError: naming ``path``, the graph's shape and the one the card needs.
@@ -97,13 +100,13 @@ def check_graph(session: Any, channels: int, decimate: int, path: Any) -> str:
     ins, outs = session.get_inputs(), session.get_outputs()
     if len(ins) != 1 or len(outs) != 1:
         raise ValueError(f"{path}: a post graph has one input and one output, this one {len(ins)} and {len(outs)}")
-    c, d = channels, decimate
+    c, d, k = channels, decimate, stems
     for what, shape, rank, want, text in (
-            ("input", ins[0].shape, 4, {1: 3 * c, 3: d}, f"[batch, {3 * c}, frames + 8, {d}]"),
-            ("output", outs[0].shape, 3, {1: c}, f"[batch, {c}, frames x {d}]")):
-        if len(shape) != rank or any(isinstance(shape[k], int) and shape[k] != v for k, v in want.items()):
+            ("input", ins[0].shape, 4, {1: (k + 1) * c, 3: d}, f"[batch, {(k + 1) * c}, frames + 8, {d}]"),
+            ("output", outs[0].shape, 3, {1: (k - 1) * c}, f"[batch, {(k - 1) * c}, frames x {d}]")):
+        if len(shape) != rank or any(isinstance(shape[n], int) and shape[n] != v for n, v in want.items()):
             raise ValueError(f"{path}: the post graph's {what} has shape {shape}; the card ({c} channels, "
-                             f"decimate {d}) needs {text} (re-export the model from its training run)")
+                             f"{k} stems, decimate {d}) needs {text} (re-export the model from its training run)")
     return ins[0].name
 
 
@@ -116,40 +119,44 @@ def check_post(post: Any, sources: Sequence[str], where: str = "model card") -> 
     if not isinstance(post, dict) or post.get("type") != POST_TYPE:
         raise ValueError(f"{where}: post type must be '{POST_TYPE}', got {post!r:.80}")
     pair, factor = post.get("pair"), post.get("decimate")
-    if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]
-            or any(p not in sources for p in pair)):
-        raise ValueError(f"{where}: post pair must name two different sources of {list(sources)}, got {pair!r:.80}")
+    if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or any(p not in sources for p in pair)
+            or len(set(pair)) != len(pair)):
+        raise ValueError(f"{where}: post pair must name two or more different sources of {list(sources)}, "
+                         f"got {pair!r:.80}")
     if not isinstance(factor, int) or isinstance(factor, bool) or not 1 <= factor <= MAX_DECIMATE:
         raise ValueError(f"{where}: post decimate must be an integer in [1, {MAX_DECIMATE}], got {factor!r:.40}")
-    return {"type": POST_TYPE, "pair": [str(pair[0]), str(pair[1])], "decimate": factor}
+    return {"type": POST_TYPE, "pair": [str(p) for p in pair], "decimate": factor}
 
 
 def apply_post(post: dict[str, Any], graph: Callable[[np.ndarray], np.ndarray], mix: np.ndarray, est: np.ndarray,
                sources: Sequence[str]) -> np.ndarray:
-    """Correct the pair of ``est`` in place with the post graph.
+    """Correct the pair's stems of ``est`` in place with the post graph.
 
     Args:
-        post: a checked ``post`` entry (:func:`check_post`).
-        graph: maps ``blocks [batch, 3 * channels, frames + 8, decimate]`` to ``delta [batch,
-            channels, frames * decimate]`` (see the module docstring).
+        post: a checked ``post`` entry (:func:`check_post`), ``K`` stems in its ``pair``.
+        graph: maps ``blocks [batch, (K + 1) * channels, frames + 8, decimate]`` to ``delta
+            [batch, (K - 1) * channels, frames * decimate]`` (see the module docstring).
         mix: [shape=(batch, channels, time)] float32.
         est: [shape=(batch, sources, channels, time)] float32, the stems before the correction.
 
     Returns:
-        ``est``, the first stem of the pair plus the delta and the second minus it.
+        ``est``, each of the pair's first ``K - 1`` stems plus its correction and the last minus
+        their sum (two stems: the first plus the delta, the second minus it).
 
     Raises:
-        ValueError: the graph's output is not ``[batch, channels, frames * decimate]``.
+        ValueError: the graph's output is not ``[batch, (K - 1) * channels, frames * decimate]``.
     """
-    i, j = (list(sources).index(p) for p in post["pair"])
+    idx = [list(sources).index(p) for p in post["pair"]]
     d = post["decimate"]
     b, c, t = mix.shape
-    inp = blocks([mix, est[:, i], est[:, j]], d)  # [B, 3C, L + 8, D]
+    inp = blocks([mix, *(est[:, i] for i in idx)], d)  # [B, (K + 1) C, L + 8, D]
     out = np.asarray(graph(inp), np.float32)
-    want = (b, c, (inp.shape[2] - 8) * d)
+    want = (b, (len(idx) - 1) * c, (inp.shape[2] - 8) * d)
     if out.shape != want:
         raise ValueError(f"post graph returned shape {out.shape}, expected {want}")
-    delta = out[..., :t]
-    est[:, i] += delta
-    est[:, j] -= delta
+    last = idx[-1]
+    for n, i in enumerate(idx[:-1]):
+        delta = out[:, n * c : (n + 1) * c, :t]
+        est[:, i] += delta
+        est[:, last] -= delta
     return est

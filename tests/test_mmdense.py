@@ -117,6 +117,8 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": {"hidden": 4, "pair": ["drums", "drums"]}},
      {**TINY, "wave": {"hidden": 4, "pair": ["drums", "piano"]}},
      {**TINY, "wave": {"hidden": 4, "pair": "drums"}},
+     {**TINY, "wave": {"hidden": 4, "pair": ["drums"]}},
+     {**TINY, "wave": {"hidden": 4, "pair": ["drums", "bass", "drums"]}},
      {**TINY, "wave": {"hidden": True}},
      {**TINY, "wave": {"hiden": 4}},  # a misspelt field would silently leave the branch out
      {**TINY, "wave": 5},
@@ -585,6 +587,32 @@ def test_wave_correction_starts_as_a_no_op_and_moves_low_band_audio_between_the_
     assert spec[..., freqs > 44100 / 8 / 2 * 1.2].sum() < 1e-4 * spec.sum()
 
 
+def test_wave_correction_among_three_stems_is_zero_sum_with_one_correction_each() -> None:
+    """pair [drums, other, bass]: drums and other each get their own correction, bass loses
+    both, vocals are untouched, the stems still sum to the mixture; the output layer holds two
+    corrections' channels, the input the mixture and three stems."""
+    torch.manual_seed(3)
+    cfg = {**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["drums", "other", "bass"]}}
+    model = MMDenseNet(cfg).eval()
+    assert model.wave.inp.in_channels == 4 * 2 and model.wave.out.out_channels == 2 * 2
+    assert model.post() == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
+    wave = torch.randn(1, 2, 5000)
+    with torch.no_grad():
+        base = model(wave)
+        assert torch.equal(base, model.mask_stems(wave))  # a no-op at initialisation
+        torch.nn.init.normal_(model.wave.out.weight, std=0.5)
+        out = model(wave)
+        delta = model.wave.delta(wave, *(base[:, k] for k in (1, 3, 2)))
+    d = out - base
+    assert torch.equal(d[:, 0], torch.zeros_like(d[:, 0]))
+    torch.testing.assert_close(d[:, 1], delta[:, 0:2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(d[:, 3], delta[:, 2:4], atol=1e-6, rtol=0)
+    torch.testing.assert_close(d[:, 2], -(delta[:, 0:2] + delta[:, 2:4]), atol=1e-6, rtol=0)
+    assert torch.max(torch.abs(delta[:, 0:2] - delta[:, 2:4])) > 1e-3  # two different corrections
+    torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
+    assert model.post_net()(torch.randn(1, 8, 30 + 8, 8)).shape == (1, 4, 30 * 8)
+
+
 def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:
     """Whatever the branch outputs, the other stems are the mask model's, bit for bit; and a
     model whose sources are not the default pair builds as long as the branch is off."""
@@ -598,7 +626,7 @@ def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:
     assert torch.equal(out[:, [0, 3]], base[:, [0, 3]])
     assert not torch.isfinite(out[:, 1]).all()
     MMDenseNet({**TINY, "sources": ["speaker1", "speaker2"]})
-    with pytest.raises(ValueError, match="wave.pair must name two different sources"):
+    with pytest.raises(ValueError, match="wave.pair must name two or more different sources"):
         MMDenseNet({**TINY, "sources": ["speaker1", "speaker2"], "wave": {"hidden": 4}})
 
 

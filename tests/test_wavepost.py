@@ -73,10 +73,14 @@ def test_check_post_names_the_bad_field() -> None:
     sources = ["vocals", "drums", "bass", "other"]
     good = {"type": "wave-pair", "pair": ["drums", "bass"], "decimate": 32}
     assert wavepost.check_post(good, sources) == good
+    three = {**good, "pair": ["drums", "other", "bass"]}
+    assert wavepost.check_post(three, sources) == three
     for bad, msg in [({**good, "type": "x"}, "post type must be 'wave-pair'"), (None, "post type must be"),
-                     ({**good, "pair": ["drums", "drums"]}, "post pair must name two different sources"),
-                     ({**good, "pair": ["drums", "piano"]}, "post pair must name two different sources"),
-                     ({**good, "pair": "drums"}, "post pair must name two different sources"),
+                     ({**good, "pair": ["drums", "drums"]}, "post pair must name two or more different sources"),
+                     ({**good, "pair": ["drums", "piano"]}, "post pair must name two or more different sources"),
+                     ({**good, "pair": "drums"}, "post pair must name two or more different sources"),
+                     ({**good, "pair": ["drums"]}, "post pair must name two or more different sources"),
+                     ({**good, "pair": ["drums", "bass", "drums"]}, "post pair must name two or more different"),
                      ({**good, "decimate": 0}, r"post decimate must be an integer in \[1, 1024\]"),
                      ({**good, "decimate": 2.0}, "post decimate must be an integer"),
                      ({**good, "decimate": True}, "post decimate must be an integer")]:
@@ -113,6 +117,38 @@ def test_apply_post_moves_the_delta_between_the_pair_only() -> None:
     np.testing.assert_allclose(d[:, 0], -np.broadcast_to(ramp, (2, 2, 1001)), atol=1e-3)
     with pytest.raises(ValueError, match=r"post graph returned shape \(2, 2, 1000\), expected \(2, 2, 1004\)"):
         wavepost.apply_post(post, lambda blocks: np.zeros((2, 2, 1000), np.float32), mix, est, names)
+
+
+def test_apply_post_with_three_stems_adds_two_corrections_and_takes_both_from_the_last() -> None:
+    """pair [a, b, c]: the graph sees the mixture, a, b, c; its output's first channels are a's
+    correction, the next b's, and c loses both; the fourth stem is untouched; a graph that
+    returns one correction's channels is refused."""
+    post = {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 4}
+    names = ["vocals", "drums", "bass", "other"]
+    rng = np.random.default_rng(1)
+    mix = rng.standard_normal((1, 2, 403)).astype(np.float32)
+    est = rng.standard_normal((1, 4, 2, 403)).astype(np.float32)
+    before = est.copy()
+    corr = rng.standard_normal((1, 4, 101 * 4)).astype(np.float32)
+    seen = []
+
+    def graph(blocks: np.ndarray) -> np.ndarray:
+        seen.append(blocks)
+        return corr
+
+    out = wavepost.apply_post(post, graph, mix, est, names)
+    flat = seen[0].reshape(1, 8, -1)
+    assert seen[0].shape == (1, 8, 101 + 8, 4)
+    for k, part in enumerate([mix, before[:, 1], before[:, 3], before[:, 2]]):
+        assert np.array_equal(flat[:, 2 * k : 2 * k + 2, 16:419], part)
+    d = out - before
+    assert np.array_equal(d[:, 0], np.zeros_like(d[:, 0]))
+    np.testing.assert_allclose(d[:, 1], corr[:, 0:2, :403], atol=1e-6)
+    np.testing.assert_allclose(d[:, 3], corr[:, 2:4, :403], atol=1e-6)
+    np.testing.assert_allclose(d[:, 2], -(corr[:, 0:2, :403] + corr[:, 2:4, :403]), atol=1e-5)
+    np.testing.assert_allclose(out.sum(axis=1), before.sum(axis=1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"post graph returned shape \(1, 2, 404\), expected \(1, 4, 404\)"):
+        wavepost.apply_post(post, lambda blocks: corr[:, :2], mix, est, names)
 
 
 def _wave_run(tmp_path: Path, wave: dict | None = None) -> tuple[Path, MMDenseNet]:
@@ -173,6 +209,37 @@ def test_wave_model_exports_two_graphs_that_match_torch(tmp_path: Path, weights:
     assert again["files"]["post"]["sha256"] == card["files"]["post"]["sha256"]
 
 
+def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path) -> None:
+    """A correction among drums, other and bass: the post graph takes the mixture and three
+    stems and returns two corrections; onnxruntime through both graphs equals torch, the stems
+    sum to the mixture, vocals are the masks' alone, and a post graph of the two-stem shape is
+    refused by this card, naming the file."""
+    run, model = _wave_run(tmp_path, {**WAVE, "pair": ["drums", "other", "bass"]})
+    song = _song(tmp_path, 6.0)
+    out = tmp_path / "models" / "w3.onnx"
+    card = export_run(run, out, check_audio=song)
+    assert card["post"] == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
+    assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    x = sf.read(song, dtype="float32", always_2d=True)[0].T[None]
+    got = OnnxSeparator(out.with_suffix(".json"), threads=1).separate(x)
+    ref = OnnxSeparator(out.with_suffix(".json"), backend="torch").separate(x)
+    assert np.abs(got - ref).max() <= 1e-4
+    np.testing.assert_allclose(got.sum(axis=1), x, atol=1e-5)
+    with torch.inference_mode():
+        masks_only = model.mask_stems(torch.from_numpy(x)).numpy()
+    assert np.abs(got[:, 0] - masks_only[:, 0]).max() <= 1e-5  # vocals: not in the pair
+    assert all(np.abs(got[:, k] - masks_only[:, k]).max() > 1e-3 for k in (1, 2, 3))
+    (tmp_path / "two").mkdir()
+    two_run, _ = _wave_run(tmp_path / "two", WAVE)
+    export_run(two_run, tmp_path / "two" / "m.onnx")
+    (tmp_path / "models" / "w3.post.onnx").write_bytes((tmp_path / "two" / "m.post.onnx").read_bytes())
+    bad = json.loads(out.with_suffix(".json").read_text())
+    bad["files"]["post"]["sha256"] = json.loads((tmp_path / "two" / "m.json").read_text())["files"]["post"]["sha256"]
+    out.with_suffix(".json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"w3\.post\.onnx: the post graph's input has shape .*3 stems"):
+        OnnxSeparator(out.with_suffix(".json"))
+
+
 def test_post_graph_is_sha256_checked_and_must_agree_with_the_card(tmp_path: Path) -> None:
     run, _ = _wave_run(tmp_path)
     out = tmp_path / "w.onnx"
@@ -216,7 +283,7 @@ def test_post_graph_of_another_shape_is_refused_and_alignment_covers_the_decimat
     card["post"]["decimate"] = 4
     out.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"w\.post\.onnx: the post graph's input has shape \['batch', 6, 'frames', 3\]; "
-                                         r"the card \(2 channels, decimate 4\) needs \[batch, 6, frames \+ 8, 4\]"):
+                                         r"the card \(2 channels, 2 stems, decimate 4\) needs \[batch, 6, frames \+ 8, 4\]"):
         OnnxSeparator(out.with_suffix(".json"))
 
 

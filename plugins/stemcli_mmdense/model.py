@@ -40,7 +40,8 @@ and the exported graph returns their masks apart, once for all channels (the fro
 bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the lowest ``N`` bins
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 An optional waveform correction (``"wave": {"hidden": H}``, :class:`WaveCorrection`) moves a
-low-band waveform between two stems (drums and bass by default) after the inverse STFT; its
+low-band waveform between two stems (drums and bass by default; ``"pair"`` may name more) after
+the inverse STFT; its
 resampling and convolutions are exported as a second graph (:meth:`MMDenseNet.post_net`),
 which the runtime runs after the inverse STFT (:mod:`stemcli.wavepost`).
 """
@@ -83,8 +84,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # full-resolution bass path on the lowest ``bins`` bins (0: none): see BassBranch
     # ("lstm": H > 0: a bidirectional LSTM of H units over time at its bottleneck, see BassBranch)
     "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2], "lstm": 0},
-    # zero-sum waveform correction between two stems at a decimated rate (hidden 0: none): see
-    # WaveCorrection
+    # zero-sum waveform correction between two (or more) stems at a decimated rate (hidden 0:
+    # none): see WaveCorrection
     "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5},
 }
 
@@ -248,28 +249,33 @@ def lowpass_fir(decimate: int) -> torch.Tensor:
 
 
 class WaveCorrection(nn.Module):
-    """A zero-sum waveform correction between two stems, in the band below about the decimated
-    Nyquist frequency (see :func:`lowpass_fir` for the filter's transition band).
+    """A zero-sum waveform correction among two (or more) stems, in the band below about the
+    decimated Nyquist frequency (see :func:`lowpass_fir` for the filter's transition band).
 
     The mask model's softmax decides, per time-frequency bin, how a bin's energy is shared; the
     kick drum and the bass share the bins below ~250 Hz, where most of both stems' error lies
     (``benchmarks/band_errors.py``), and a ratio mask there cannot follow the waveform within a
     93 ms frame.  This branch sees the waveforms themselves at a low rate: the mixture and the
-    two stems' current estimates, low-passed and decimated by ``decimate`` (1378 Hz at 44.1 kHz
-    / 32), go through a stack of dilated 1-d convolutions (``layers`` residual blocks, dilation
-    1, 2, 4, ..., kernel ``kernel``: a receptive field of ``1 + (kernel - 1)(2^layers - 1)``
-    decimated samples, 0.37 s by default), whose output ``delta`` is interpolated back with
+    ``pair``'s stems' current estimates, low-passed and decimated by ``decimate`` (1378 Hz at
+    44.1 kHz / 32), go through a stack of dilated 1-d convolutions (``layers`` residual blocks,
+    dilation 1, 2, 4, ..., kernel ``kernel``: a receptive field of ``1 + (kernel - 1)(2^layers -
+    1)`` decimated samples, 0.37 s by default), whose output ``delta`` is interpolated back with
     the same low-pass and **added to the first stem and subtracted from the second**: the stems
-    still sum to the mixture.  The output layer starts at zero (a no-op at initialisation).
+    still sum to the mixture.  With ``K > 2`` stems in the ``pair`` the output holds ``K - 1``
+    corrections: correction ``k`` is added to stem ``k`` and all are subtracted from the last.
+    The output layer starts at zero (a no-op at initialisation).
 
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
     time)]``; output ``est`` with the pair corrected (a new tensor).
     """
 
-    def __init__(self, channels: int, pair: tuple[int, int], decimate: int, hidden: int, layers: int,
+    def __init__(self, channels: int, pair: tuple[int, ...], decimate: int, hidden: int, layers: int,
                  kernel: int) -> None:
         super().__init__()
-        self.pair, self.decimate = pair, decimate
+        if len(pair) < 2 or len(set(pair)) != len(pair):
+            raise ValueError(f"WaveCorrection: pair must hold two or more different stems, got {pair}")
+        self.pair, self.decimate = tuple(pair), decimate
+        k = len(pair)
         # the low-pass in polyphase form: tap q * D + p of the 8 D + 1 taps at [p, q] (zero past
         # the last tap), so decimation is a matrix product and interpolation a stride-1
         # convolution (a stride-D convolution with one channel took 4-10 times as long in torch
@@ -277,11 +283,11 @@ class WaveCorrection(nn.Module):
         fir = torch.from_numpy(wavepost.polyphase(decimate))  # [D, 9]
         self.register_buffer("fir_down", fir.contiguous(), persistent=False)
         self.register_buffer("fir_up", (decimate * fir.flip(1)).reshape(decimate, 1, 9).contiguous(), persistent=False)
-        self.inp = nn.Conv1d(3 * channels, hidden, 1)
+        self.inp = nn.Conv1d((k + 1) * channels, hidden, 1)
         self.blocks = nn.ModuleList(
             nn.Conv1d(hidden, hidden, kernel, dilation=2**i, padding=(kernel // 2) * 2**i) for i in range(layers)
         )
-        self.out = nn.Conv1d(hidden, channels, 1)
+        self.out = nn.Conv1d(hidden, (k - 1) * channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -323,32 +329,38 @@ class WaveCorrection(nn.Module):
         return self.up_all(x)[..., :length]
 
     def post_graph(self, blocks: torch.Tensor) -> torch.Tensor:
-        """The exported post graph: ``blocks [B, 3 * channels, L + 8, D]`` (:meth:`to_blocks` of
-        the mixture and the pair's two stems) -> ``delta [B, channels, L * D]``."""
+        """The exported post graph: ``blocks [B, (K + 1) * channels, L + 8, D]`` (:meth:`to_blocks`
+        of the mixture and the pair's ``K`` stems) -> ``delta [B, (K - 1) * channels, L * D]``."""
         return self.up_all(self.core(self.down_blocks(blocks)))
 
     def core(self, low: torch.Tensor) -> torch.Tensor:
-        """The convolutions at the decimated rate: ``low [B, 3 * channels, L]`` (mixture, first,
-        second) -> ``[B, channels, L]``."""
+        """The convolutions at the decimated rate: ``low [B, (K + 1) * channels, L]`` (the mixture,
+        then the pair's stems) -> ``[B, (K - 1) * channels, L]``."""
         y = self.inp(low)
         for conv in self.blocks:
             y = y + conv(nn.functional.relu(y))
         return self.out(nn.functional.relu(y))
 
-    def delta(self, mix: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """The correction ``[shape=(batch, channels, time)]`` from the three waveforms of that shape."""
+    def delta(self, mix: torch.Tensor, *stems: torch.Tensor) -> torch.Tensor:
+        """The corrections ``[shape=(batch, (K - 1) * channels, time)]`` of the first ``K - 1``
+        stems of the ``pair``, from the mixture and the ``K`` stems (each ``[batch, channels,
+        time]``)."""
         with torch.autocast("cpu", enabled=False):  # the resampling stays float32 under --precision bfloat16
-            low = self.down(torch.cat([mix, first, second], dim=1).float())
+            low = self.down(torch.cat([mix, *stems], dim=1).float())
         y = self.core(low)
         with torch.autocast("cpu", enabled=False):
             return self.up(y.float(), mix.shape[-1])
 
     def forward(self, mix: torch.Tensor, est: torch.Tensor) -> torch.Tensor:
-        i, j = self.pair
-        d = self.delta(mix, est[:, i], est[:, j]).to(est.dtype)
+        c = mix.shape[1]
+        d = self.delta(mix, *(est[:, i] for i in self.pair)).to(est.dtype)  # [B, (K - 1) C, T]
         out = est.clone()  # the other stems untouched, whatever d holds
-        out[:, i] = est[:, i] + d
-        out[:, j] = est[:, j] - d
+        total = None
+        for n, i in enumerate(self.pair[:-1]):
+            dn = d[:, n * c : (n + 1) * c]
+            out[:, i] = est[:, i] + dn
+            total = dn if total is None else total + dn
+        out[:, self.pair[-1]] = est[:, self.pair[-1]] - total
         return out
 
 
@@ -545,11 +557,11 @@ class MMDenseNet(nn.Module):
         if not hidden:  # the default pair need not be sources of this model
             return None
         pair = wave.get("pair")
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]
+        if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or len(set(map(str, pair))) != len(pair)
                 or any(p not in sources for p in pair)):
-            raise ValueError(f"mmdense config: wave.pair must name two different sources of {sources}, got {pair!r}")
-        return WaveCorrection(self.n_ch, (sources.index(pair[0]), sources.index(pair[1])), decimate, hidden,
-                              layers, kernel)
+            raise ValueError(f"mmdense config: wave.pair must name two or more different sources of {sources}, "
+                             f"got {pair!r}")
+        return WaveCorrection(self.n_ch, tuple(sources.index(p) for p in pair), decimate, hidden, layers, kernel)
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:
         """Mask logits from magnitudes, for the bins below ``max_bin``.
@@ -780,7 +792,7 @@ class MMDenseNet(nn.Module):
         return {"type": wavepost.POST_TYPE, "pair": [names[k] for k in self.wave.pair], "decimate": self.wave.decimate}
 
     def post_net(self) -> nn.Module:
-        """The post graph: ``blocks [B, 3 * channels, L + 8, D] -> delta [B, channels, L * D]``
+        """The post graph: ``blocks [B, (K + 1) * channels, L + 8, D] -> delta [B, (K - 1) * channels, L * D]``
         (:meth:`WaveCorrection.post_graph`).
 
         Raises:
