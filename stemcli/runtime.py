@@ -8,7 +8,7 @@ refused with a message naming it.
 * ``backend="onnx"``: ``onnxruntime.InferenceSession`` on the card's ``.onnx`` file (a
   waveform-to-stems graph, or, when the card has a ``frontend``, a magnitudes-to-masks graph
   run between the FFT-based STFT and inverse STFT of :mod:`stemcli.spectral`; with a ``post``
-  entry, a second graph corrects two stems after the inverse, :mod:`stemcli.wavepost`).  An input
+  entry, a second graph corrects two or more stems after the inverse, :mod:`stemcli.wavepost`).  An input
   longer than ``PART_SECONDS`` is cut in time parts of at most that length (each with
   ``context`` seconds of real neighbouring audio, joined by a short linear cross-fade); the
   cut depends on the input length only, never on the thread count, so the stems are the same
@@ -325,6 +325,9 @@ class OnnxSeparator(Separator):
         if has_post != (self.post is not None):
             raise ValueError(f"{self.card.get('_path', self.name)}: the card {'has' if self.post else 'has no'} "
                              f"post entry, its architecture config {'has' if has_post else 'has no'} post graph")
+        if has_post and net.post() != self.post:  # e.g. the pair's stems in another order
+            raise ValueError(f"{self.card.get('_path', self.name)}: the card's post entry {self.post} is not its "
+                             f"architecture config's {net.post()}")
 
         def run(mix: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -12,6 +12,8 @@ second::
 
     "post": {"type": "wave-pair", "pair": ["drums", "bass"], "decimate": 32}
 
+(The type and the key keep the name of the two-stem form, so cards written before stay valid.)
+
 * graph input ``blocks [batch, (K + 1) * channels, frames + 8, decimate]`` float32: the mixture
   and the pair's stems stacked along the channels in that order, each with ``4 * decimate``
   zeros before and zeros after up to ``(frames + 8) * decimate`` samples, ``frames = ceil(time
@@ -119,8 +121,8 @@ def check_post(post: Any, sources: Sequence[str], where: str = "model card") -> 
     if not isinstance(post, dict) or post.get("type") != POST_TYPE:
         raise ValueError(f"{where}: post type must be '{POST_TYPE}', got {post!r:.80}")
     pair, factor = post.get("pair"), post.get("decimate")
-    if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or any(p not in sources for p in pair)
-            or len(set(pair)) != len(pair)):
+    if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or not all(isinstance(p, str) for p in pair)
+            or len(set(pair)) != len(pair) or any(p not in sources for p in pair)):
         raise ValueError(f"{where}: post pair must name two or more different sources of {list(sources)}, "
                          f"got {pair!r:.80}")
     if not isinstance(factor, int) or isinstance(factor, bool) or not 1 <= factor <= MAX_DECIMATE:

@@ -119,6 +119,7 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": {"hidden": 4, "pair": "drums"}},
      {**TINY, "wave": {"hidden": 4, "pair": ["drums"]}},
      {**TINY, "wave": {"hidden": 4, "pair": ["drums", "bass", "drums"]}},
+     {**TINY, "wave": {"hidden": 4, "pair": [["drums"], "bass"]}},  # not a name: a ValueError, not a TypeError
      {**TINY, "wave": {"hidden": True}},
      {**TINY, "wave": {"hiden": 4}},  # a misspelt field would silently leave the branch out
      {**TINY, "wave": 5},
@@ -565,6 +566,7 @@ def test_wave_correction_starts_as_a_no_op_and_moves_low_band_audio_between_the_
     torch.manual_seed(0)
     with_wave = MMDenseNet(TINY_WAVE).eval()
     without = MMDenseNet(TINY).eval()
+    assert with_wave.wave.inp.in_channels == 3 * 2 and with_wave.wave.out.out_channels == 2  # as before K stems
     missing, unexpected = without.load_state_dict(with_wave.state_dict(), strict=False)
     assert not missing and all(k.startswith("wave.") for k in unexpected)
     wave = torch.randn(2, 2, 6000)

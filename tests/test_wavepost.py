@@ -81,6 +81,7 @@ def test_check_post_names_the_bad_field() -> None:
                      ({**good, "pair": "drums"}, "post pair must name two or more different sources"),
                      ({**good, "pair": ["drums"]}, "post pair must name two or more different sources"),
                      ({**good, "pair": ["drums", "bass", "drums"]}, "post pair must name two or more different"),
+                     ({**good, "pair": [["drums"], "bass"]}, "post pair must name two or more different"),
                      ({**good, "decimate": 0}, r"post decimate must be an integer in \[1, 1024\]"),
                      ({**good, "decimate": 2.0}, "post decimate must be an integer"),
                      ({**good, "decimate": True}, "post decimate must be an integer")]:
@@ -220,6 +221,8 @@ def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path) -> No
     card = export_run(run, out, check_audio=song)
     assert card["post"] == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
+    assert card["io"]["post"].startswith("blocks [batch, 4 x channels, frames + 8, 8] float32 (mixture, drums, other, bass")
+    assert "-> delta [batch, 2 x channels" in card["io"]["post"] and "all subtracted from bass" in card["io"]["post"]
     x = sf.read(song, dtype="float32", always_2d=True)[0].T[None]
     got = OnnxSeparator(out.with_suffix(".json"), threads=1).separate(x)
     ref = OnnxSeparator(out.with_suffix(".json"), backend="torch").separate(x)
@@ -229,6 +232,12 @@ def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path) -> No
         masks_only = model.mask_stems(torch.from_numpy(x)).numpy()
     assert np.abs(got[:, 0] - masks_only[:, 0]).max() <= 1e-5  # vocals: not in the pair
     assert all(np.abs(got[:, k] - masks_only[:, k]).max() > 1e-3 for k in (1, 2, 3))
+    reordered = json.loads(out.with_suffix(".json").read_text())
+    reordered["post"]["pair"] = ["other", "drums", "bass"]  # the graph cannot tell; torch's config can
+    (tmp_path / "r.json").write_text(json.dumps({**reordered, "files": {
+        k: {**v, "path": str(out.parent / v["path"])} for k, v in reordered["files"].items()}}))
+    with pytest.raises(ValueError, match=r"r\.json: the card's post entry .* is not its architecture config's"):
+        OnnxSeparator(tmp_path / "r.json", backend="torch")
     (tmp_path / "two").mkdir()
     two_run, _ = _wave_run(tmp_path / "two", WAVE)
     export_run(two_run, tmp_path / "two" / "m.onnx")

@@ -41,9 +41,9 @@ bass branch (``"bass": {"bins": N}``, :class:`BassBranch`) adds logits for the l
 from a small dense net at the STFT's own resolution (the band nets see 2 x 2 pooled points).
 An optional waveform correction (``"wave": {"hidden": H}``, :class:`WaveCorrection`) moves a
 low-band waveform between two stems (drums and bass by default; ``"pair"`` may name more) after
-the inverse STFT; its
-resampling and convolutions are exported as a second graph (:meth:`MMDenseNet.post_net`),
-which the runtime runs after the inverse STFT (:mod:`stemcli.wavepost`).
+the inverse STFT; its resampling and convolutions are exported as a second graph
+(:meth:`MMDenseNet.post_net`), which the runtime runs after the inverse STFT
+(:mod:`stemcli.wavepost`).
 """
 
 from __future__ import annotations
@@ -260,9 +260,10 @@ class WaveCorrection(nn.Module):
     44.1 kHz / 32), go through a stack of dilated 1-d convolutions (``layers`` residual blocks,
     dilation 1, 2, 4, ..., kernel ``kernel``: a receptive field of ``1 + (kernel - 1)(2^layers -
     1)`` decimated samples, 0.37 s by default), whose output ``delta`` is interpolated back with
-    the same low-pass and **added to the first stem and subtracted from the second**: the stems
-    still sum to the mixture.  With ``K > 2`` stems in the ``pair`` the output holds ``K - 1``
-    corrections: correction ``k`` is added to stem ``k`` and all are subtracted from the last.
+    the same low-pass.  With two stems it is **added to the first stem and subtracted from the
+    second**: the stems still sum to the mixture.  With ``K > 2`` stems in the ``pair`` the
+    output holds ``K - 1`` corrections: correction ``k`` is added to stem ``k`` and each is
+    subtracted from the last (in that order, as :func:`stemcli.wavepost.apply_post` does).
     The output layer starts at zero (a no-op at initialisation).
 
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
@@ -355,12 +356,12 @@ class WaveCorrection(nn.Module):
         c = mix.shape[1]
         d = self.delta(mix, *(est[:, i] for i in self.pair)).to(est.dtype)  # [B, (K - 1) C, T]
         out = est.clone()  # the other stems untouched, whatever d holds
-        total = None
-        for n, i in enumerate(self.pair[:-1]):
+        last = est[:, self.pair[-1]]
+        for n, i in enumerate(self.pair[:-1]):  # one correction at a time, as wavepost.apply_post
             dn = d[:, n * c : (n + 1) * c]
             out[:, i] = est[:, i] + dn
-            total = dn if total is None else total + dn
-        out[:, self.pair[-1]] = est[:, self.pair[-1]] - total
+            last = last - dn
+        out[:, self.pair[-1]] = last
         return out
 
 
@@ -557,8 +558,8 @@ class MMDenseNet(nn.Module):
         if not hidden:  # the default pair need not be sources of this model
             return None
         pair = wave.get("pair")
-        if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or len(set(map(str, pair))) != len(pair)
-                or any(p not in sources for p in pair)):
+        if (not isinstance(pair, (list, tuple)) or len(pair) < 2 or not all(isinstance(p, str) for p in pair)
+                or len(set(pair)) != len(pair) or any(p not in sources for p in pair)):
             raise ValueError(f"mmdense config: wave.pair must name two or more different sources of {sources}, "
                              f"got {pair!r}")
         return WaveCorrection(self.n_ch, tuple(sources.index(p) for p in pair), decimate, hidden, layers, kernel)
