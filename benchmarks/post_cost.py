@@ -110,8 +110,8 @@ def breakdown(card: dict, plain, mix: np.ndarray, repeats: int) -> dict[str, flo
     sess = ort.InferenceSession(str(model_file(card, "post")), session_options(1), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     est = plain.separate(mix)
-    idx = [list(card["sources"]).index(p) for p in post["pair"]]
-    t, c = mix.shape[-1], mix.shape[1]
+    idx = wavepost.pair_indices(post, card["sources"])
+    t = mix.shape[-1]
     steps: dict[str, list[float]] = {"blocks (numpy)": [], "graph": [], "add (numpy)": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -119,9 +119,7 @@ def breakdown(card: dict, plain, mix: np.ndarray, repeats: int) -> dict[str, flo
         t1 = time.perf_counter()
         delta = sess.run(None, {name: blocks})[0][..., :t]
         t2 = time.perf_counter()
-        for n, i in enumerate(idx[:-1]):  # as wavepost.apply_post
-            est[:, i] += delta[:, n * c : (n + 1) * c]
-            est[:, idx[-1]] -= delta[:, n * c : (n + 1) * c]
+        wavepost.add_corrections(est, idx, delta)
         t3 = time.perf_counter()
         for k, v in zip(steps, (t1 - t0, t2 - t1, t3 - t2)):
             steps[k].append(1000 * v)

@@ -321,13 +321,13 @@ class OnnxSeparator(Separator):
         except Exception as exc:  # unpickling / shape errors: name the file
             raise ValueError(f"{path}: cannot load the state dict into '{self.card['architecture']}' ({exc})") from exc
         net.eval()
-        has_post = callable(getattr(net, "post", None)) and net.post() is not None
-        if has_post != (self.post is not None):
+        net_post = net.post() if callable(getattr(net, "post", None)) else None
+        if (net_post is not None) != (self.post is not None):
             raise ValueError(f"{self.card.get('_path', self.name)}: the card {'has' if self.post else 'has no'} "
-                             f"post entry, its architecture config {'has' if has_post else 'has no'} post graph")
-        if has_post and net.post() != self.post:  # e.g. the pair's stems in another order
+                             f"post entry, its architecture config {'has' if net_post else 'has no'} post graph")
+        if net_post is not None and net_post != self.post:  # e.g. the pair's stems in another order
             raise ValueError(f"{self.card.get('_path', self.name)}: the card's post entry {self.post} is not its "
-                             f"architecture config's {net.post()}")
+                             f"architecture config's {net_post}")
 
         def run(mix: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -148,7 +148,7 @@ def apply_post(post: dict[str, Any], graph: Callable[[np.ndarray], np.ndarray], 
     Raises:
         ValueError: the graph's output is not ``[batch, (K - 1) * channels, frames * decimate]``.
     """
-    idx = [list(sources).index(p) for p in post["pair"]]
+    idx = pair_indices(post, sources)
     d = post["decimate"]
     b, c, t = mix.shape
     inp = blocks([mix, *(est[:, i] for i in idx)], d)  # [B, (K + 1) C, L + 8, D]
@@ -156,9 +156,26 @@ def apply_post(post: dict[str, Any], graph: Callable[[np.ndarray], np.ndarray], 
     want = (b, (len(idx) - 1) * c, (inp.shape[2] - 8) * d)
     if out.shape != want:
         raise ValueError(f"post graph returned shape {out.shape}, expected {want}")
-    last = idx[-1]
-    for n, i in enumerate(idx[:-1]):
-        delta = out[:, n * c : (n + 1) * c, :t]
-        est[:, i] += delta
-        est[:, last] -= delta
+    add_corrections(est, idx, out[..., :t])
     return est
+
+
+def pair_indices(post: dict[str, Any], sources: Sequence[str]) -> list[int]:
+    """The positions in ``sources`` of a checked ``post`` entry's ``pair``, in the pair's order."""
+    return [list(sources).index(p) for p in post["pair"]]
+
+
+def add_corrections(est: np.ndarray, idx: Sequence[int], delta: np.ndarray) -> None:
+    """Add the graph's corrections to ``est`` in place: channel group ``n`` of ``delta`` to stem
+    ``idx[n]``, and each of them, in that order, subtracted from stem ``idx[-1]``.
+
+    Args:
+        est: [shape=(batch, sources, channels, time)] float32.
+        idx: the pair's stems (:func:`pair_indices`), ``K`` of them.
+        delta: [shape=(batch, (K - 1) * channels, time)] float32, the graph's output cut to ``time``.
+    """
+    c = est.shape[2]
+    for n, i in enumerate(idx[:-1]):
+        part = delta[:, n * c : (n + 1) * c]
+        est[:, i] += part
+        est[:, idx[-1]] -= part
