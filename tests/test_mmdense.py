@@ -123,7 +123,11 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": {"hidden": True}},
      {**TINY, "wave": {"hiden": 4}},  # a misspelt field would silently leave the branch out
      {**TINY, "wave": 5},
-     {**TINY, "wave": {"hidden": 4, "layers": 17}}],
+     {**TINY, "wave": {"hidden": 4, "layers": 17}},
+     {**TINY, "wave": {"hidden": 4, "groups": 0}},
+     {**TINY, "wave": {"hidden": 4, "groups": 2}},  # two groups, one correction
+     {**TINY, "wave": {"hidden": 5, "groups": 2, "pair": ["drums", "other", "bass"]}},  # 5 channels in 2 groups
+     {**TINY, "wave": {"hidden": 4, "groups": 2.0, "pair": ["drums", "other", "bass"]}}],
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -613,6 +617,37 @@ def test_wave_correction_among_three_stems_is_zero_sum_with_one_correction_each(
     assert torch.max(torch.abs(delta[:, 0:2] - delta[:, 2:4])) > 1e-3  # two different corrections
     torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
     assert model.post_net()(torch.randn(1, 8, 30 + 8, 8)).shape == (1, 4, 30 * 8)
+
+
+def test_grouped_wave_correction_gives_each_correction_its_own_network() -> None:
+    """groups 2 among [drums, other, bass]: after the shared input layer, the drums correction
+    depends only on the first half of the channels and the other correction only on the second,
+    so changing one group's weights leaves the other correction bit-equal; the group's output
+    still goes where an ungrouped one would (drums += c1, other += c2, bass -= c1 + c2)."""
+    torch.manual_seed(4)
+    cfg = {**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["drums", "other", "bass"], "groups": 2}}
+    model = MMDenseNet(cfg).eval()
+    w = model.wave
+    assert w.blocks[0].weight.shape == (4, 2, 3) and w.out.weight.shape == (4, 2, 1)
+    assert w.inp.weight.shape == (4, 8, 1)  # shared: each group sees the mixture and all three stems
+    for p in w.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    wave = torch.randn(1, 2, 4000)
+    with torch.no_grad():
+        base = model.mask_stems(wave)
+        stems = [base[:, k] for k in (1, 3, 2)]
+        d0 = w.delta(wave, *stems)
+        out = model(wave)
+        w.blocks[1].weight[2:] += 0.5  # the second group's dilated block
+        w.out.weight[2:] += 0.5  # and its output layer
+        d1 = w.delta(wave, *stems)
+    assert torch.equal(d0[:, 0:2], d1[:, 0:2])  # the drums correction: untouched
+    assert torch.max(torch.abs(d0[:, 2:4] - d1[:, 2:4])) > 1e-3
+    torch.testing.assert_close(out[:, 1] - base[:, 1], d0[:, 0:2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 3] - base[:, 3], d0[:, 2:4], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"wave.groups=2 must divide wave.hidden=4 and the number of corrections, 1"):
+        MMDenseNet({**TINY, "wave": {"hidden": 4, "groups": 2}})
 
 
 def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:

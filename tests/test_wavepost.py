@@ -210,15 +210,17 @@ def test_wave_model_exports_two_graphs_that_match_torch(tmp_path: Path, weights:
     assert again["files"]["post"]["sha256"] == card["files"]["post"]["sha256"]
 
 
-def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("groups", [1, 2])
+def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path, groups: int) -> None:
     """A correction among drums, other and bass: the post graph takes the mixture and three
     stems and returns two corrections; onnxruntime through both graphs equals torch, the stems
     sum to the mixture, vocals are the masks' alone, and a post graph of the two-stem shape is
-    refused by this card, naming the file."""
-    run, model = _wave_run(tmp_path, {**WAVE, "pair": ["drums", "other", "bass"]})
+    refused by this card, naming the file.  With ``groups`` 2 (a network per correction) the
+    grouped convolutions export with float16 weights as well."""
+    run, model = _wave_run(tmp_path, {**WAVE, "pair": ["drums", "other", "bass"], "groups": groups})
     song = _song(tmp_path, 6.0)
     out = tmp_path / "models" / "w3.onnx"
-    card = export_run(run, out, check_audio=song)
+    card = export_run(run, out, check_audio=song, weights="float16" if groups == 2 else "float32")
     assert card["post"] == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     assert card["io"]["post"].startswith("blocks [batch, 4 x channels, frames + 8, 8] float32 (mixture, drums, other, bass")

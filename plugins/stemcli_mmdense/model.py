@@ -86,7 +86,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "bass": {"bins": 0, "channels": 8, "growth": 8, "layers": [1, 1, 2], "lstm": 0},
     # zero-sum waveform correction between two (or more) stems at a decimated rate (hidden 0:
     # none): see WaveCorrection
-    "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5},
+    # ("groups": G splits the hidden channels into G separate networks after the input layer,
+    # each computing its own (K - 1) / G of the corrections: G = K - 1 gives each correction its
+    # own network)
+    "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5, "groups": 1},
 }
 
 
@@ -266,15 +269,25 @@ class WaveCorrection(nn.Module):
     subtracted from the last (in that order, as :func:`stemcli.wavepost.apply_post` does).
     The output layer starts at zero (a no-op at initialisation).
 
+    ``groups`` ``G`` (dividing ``hidden`` and ``K - 1``) splits the dilated blocks and the output
+    layer into ``G`` separate networks of ``hidden / G`` channels after the shared input layer:
+    network ``g`` computes corrections ``g (K - 1) / G`` to ``(g + 1) (K - 1) / G - 1``, so with
+    ``G = K - 1`` no correction shares its capacity with another (one shared network of 16
+    channels among three stems learned the bass/other correction and dropped the drums one,
+    export/README, session 28).
+
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
     time)]``; output ``est`` with the pair corrected (a new tensor).
     """
 
     def __init__(self, channels: int, pair: tuple[int, ...], decimate: int, hidden: int, layers: int,
-                 kernel: int) -> None:
+                 kernel: int, groups: int = 1) -> None:
         super().__init__()
         if len(pair) < 2 or len(set(pair)) != len(pair):
             raise ValueError(f"WaveCorrection: pair must hold two or more different stems, got {pair}")
+        if groups < 1 or hidden % groups or (len(pair) - 1) % groups:
+            raise ValueError(f"WaveCorrection: groups={groups} must divide hidden={hidden} and the number of "
+                             f"corrections {len(pair) - 1}")
         self.pair, self.decimate = tuple(pair), decimate
         k = len(pair)
         # the low-pass in polyphase form: tap q * D + p of the 8 D + 1 taps at [p, q] (zero past
@@ -286,9 +299,10 @@ class WaveCorrection(nn.Module):
         self.register_buffer("fir_up", (decimate * fir.flip(1)).reshape(decimate, 1, 9).contiguous(), persistent=False)
         self.inp = nn.Conv1d((k + 1) * channels, hidden, 1)
         self.blocks = nn.ModuleList(
-            nn.Conv1d(hidden, hidden, kernel, dilation=2**i, padding=(kernel // 2) * 2**i) for i in range(layers)
+            nn.Conv1d(hidden, hidden, kernel, dilation=2**i, padding=(kernel // 2) * 2**i, groups=groups)
+            for i in range(layers)
         )
-        self.out = nn.Conv1d(hidden, (k - 1) * channels, 1)
+        self.out = nn.Conv1d(hidden, (k - 1) * channels, 1, groups=groups)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -549,6 +563,7 @@ class MMDenseNet(nn.Module):
             return v
 
         hidden, decimate, layers, kernel = _int("hidden", 0), _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
+        groups = _int("groups", 1)
         if layers > 16:
             raise ValueError(f"mmdense config: wave.layers={layers}: at most 16 (the dilation doubles per layer)")
         if decimate > wavepost.MAX_DECIMATE:
@@ -562,7 +577,11 @@ class MMDenseNet(nn.Module):
                 or len(set(pair)) != len(pair) or any(p not in sources for p in pair)):
             raise ValueError(f"mmdense config: wave.pair must name two or more different sources of {sources}, "
                              f"got {pair!r}")
-        return WaveCorrection(self.n_ch, tuple(sources.index(p) for p in pair), decimate, hidden, layers, kernel)
+        if hidden % groups or (len(pair) - 1) % groups:
+            raise ValueError(f"mmdense config: wave.groups={groups} must divide wave.hidden={hidden} and the "
+                             f"number of corrections, {len(pair) - 1} (one fewer than the pair's {len(pair)} stems)")
+        return WaveCorrection(self.n_ch, tuple(sources.index(p) for p in pair), decimate, hidden, layers, kernel,
+                              groups)
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:
         """Mask logits from magnitudes, for the bins below ``max_bin``.
