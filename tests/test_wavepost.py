@@ -55,6 +55,13 @@ def test_post_graph_on_onnxruntime_equals_the_torch_module(d: int, tmp_path: Pat
     path = tmp_path / "post.onnx"
     _onnx_export(_PostNet(wc).eval(), torch.randn(1, 6, 20 + 8, d), path, ["blocks", "delta"],
                  {"blocks": {0: "batch", 2: "frames"}, "delta": {0: "batch", 2: "samples"}})
+    # the branch's convolutions are exported as 2-d (1 x kernel) convolutions, onnxruntime's
+    # faster kernels (export/README, session 29); the up-sampling's is the one 1-d convolution
+    import onnx
+
+    kernels = sorted(tuple(a.ints) for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"
+                     for a in n.attribute if a.name == "kernel_shape")
+    assert kernels == [(1, 1), (1, 1), (1, 3), (1, 3), (9,)], kernels
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for t in (1, d, 5 * d + 1, 4410):
         mix, a, b = (torch.randn(2, 2, t) for _ in range(3))
