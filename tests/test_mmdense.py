@@ -125,6 +125,7 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": 5},
      {**TINY, "wave": {"hidden": 4, "layers": 17}},
      {**TINY, "wave": {"hidden": 4, "groups": 0}},
+     {**TINY, "wave": {"hidden": 4, "groups": True, "pair": ["drums", "other", "bass"]}},
      {**TINY, "wave": {"hidden": 4, "groups": 2}},  # two groups, one correction
      {**TINY, "wave": {"hidden": 5, "groups": 2, "pair": ["drums", "other", "bass"]}},  # 5 channels in 2 groups
      {**TINY, "wave": {"hidden": 4, "groups": 2.0, "pair": ["drums", "other", "bass"]}}],
@@ -648,6 +649,25 @@ def test_grouped_wave_correction_gives_each_correction_its_own_network() -> None
     torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"wave.groups=2 must divide wave.hidden=4 and the number of corrections, 1"):
         MMDenseNet({**TINY, "wave": {"hidden": 4, "groups": 2}})
+
+
+@pytest.mark.parametrize("kernel,layers,groups,k", [(1, 1, 1, 2), (3, 3, 1, 2), (5, 7, 2, 3), (7, 2, 4, 5)])
+def test_wave_correction_as_2d_computes_the_same_convolutions(kernel: int, layers: int, groups: int, k: int) -> None:
+    """The exported form of the branch's convolutions (``1 x kernel`` 2-d convolutions on ``[B,
+    N, 1, L]``, :meth:`WaveCorrection.core` ``as_2d``) is the training form's, bit for bit:
+    padding, dilation, groups and biases carried over, a batch of 3, short and long inputs."""
+    from stemcli_mmdense.model import WaveCorrection
+
+    torch.manual_seed(kernel + layers)
+    wc = WaveCorrection(2, tuple(range(k)), 8, 8, layers, kernel, groups).eval()
+    for p in wc.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    for t in (1, 37, 300):
+        low = torch.randn(3, (k + 1) * 2, t)
+        with torch.no_grad():
+            assert torch.equal(wc.core(low), wc.core(low, as_2d=True))
+    with pytest.raises(ValueError, match=r"groups=2.0 must be an integer dividing hidden=8"):
+        WaveCorrection(2, (0, 1, 2), 8, 8, 2, 3, 2.0)
 
 
 def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:

@@ -222,12 +222,17 @@ def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path, group
     """A correction among drums, other and bass: the post graph takes the mixture and three
     stems and returns two corrections; onnxruntime through both graphs equals torch, the stems
     sum to the mixture, vocals are the masks' alone, and a post graph of the two-stem shape is
-    refused by this card, naming the file.  With ``groups`` 2 (a network per correction) the
-    grouped convolutions export with float16 weights as well."""
-    run, model = _wave_run(tmp_path, {**WAVE, "pair": ["drums", "other", "bass"], "groups": groups})
+    refused by this card, naming the file.  With ``groups`` 2 (a network per correction, hidden
+    32: ``mmdense35``'s shape) the grouped convolutions are stored as float16 as well."""
+    wave = {**WAVE, "pair": ["drums", "other", "bass"]}
+    if groups > 1:
+        wave.update(hidden=32, groups=groups)  # 32 x 16 x 5 = 2560 values per dilated convolution
+    run, model = _wave_run(tmp_path, wave)
     song = _song(tmp_path, 6.0)
     out = tmp_path / "models" / "w3.onnx"
     card = export_run(run, out, check_audio=song, weights="float16" if groups == 2 else "float32")
+    if groups == 2:
+        assert card["export"]["weights"]["post_float16"]["tensors"] == 2  # the two dilated convolutions
     assert card["post"] == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     assert card["io"]["post"].startswith("blocks [batch, 4 x channels, frames + 8, 8] float32 (mixture, drums, other, bass")

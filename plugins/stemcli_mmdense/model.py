@@ -285,9 +285,9 @@ class WaveCorrection(nn.Module):
         super().__init__()
         if len(pair) < 2 or len(set(pair)) != len(pair):
             raise ValueError(f"WaveCorrection: pair must hold two or more different stems, got {pair}")
-        if groups < 1 or hidden % groups or (len(pair) - 1) % groups:
-            raise ValueError(f"WaveCorrection: groups={groups} must divide hidden={hidden} and the number of "
-                             f"corrections {len(pair) - 1}")
+        if not isinstance(groups, int) or groups < 1 or hidden % groups or (len(pair) - 1) % groups:
+            raise ValueError(f"WaveCorrection: groups={groups!r} must be an integer dividing hidden={hidden} and "
+                             f"the number of corrections, {len(pair) - 1}")
         self.pair, self.decimate = tuple(pair), decimate
         k = len(pair)
         # the low-pass in polyphase form: tap q * D + p of the 8 D + 1 taps at [p, q] (zero past
@@ -560,8 +560,9 @@ class MMDenseNet(nn.Module):
 
         Raises:
             ValueError: not an object, an unknown field (a misspelt one would silently leave
-                the branch out), a field of the wrong type or range, or a pair that is not two
-                different sources of the model.
+                the branch out), a field of the wrong type or range, a pair that is not two
+                or more different sources of the model, or ``groups`` not dividing ``hidden``
+                and the number of corrections.
         """
         if given is None:
             given = {}
