@@ -126,6 +126,11 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": {"hidden": 4, "layers": 17}},
      {**TINY, "wave": {"hidden": 4, "groups": 0}},
      {**TINY, "wave": {"hidden": 4, "groups": True, "pair": ["drums", "other", "bass"]}},
+     {**TINY, "wave": {"hidden": 4, "mask_loss": -0.5}},
+     {**TINY, "wave": {"hidden": 4, "mask_loss": float("inf")}},
+     {**TINY, "wave": {"hidden": 4, "mask_loss": "1"}},
+     {**TINY, "wave": {"hidden": 4, "mask_loss": True}},
+     {**TINY, "wave": {"hidden": 0, "mask_loss": 1.0}},  # a weight for the stems before no correction
      {**TINY, "wave": {"hidden": 4, "groups": 2}},  # two groups, one correction
      {**TINY, "wave": {"hidden": 5, "groups": 2, "pair": ["drums", "other", "bass"]}},  # 5 channels in 2 groups
      {**TINY, "wave": {"hidden": 4, "groups": 2.0, "pair": ["drums", "other", "bass"]}}],
@@ -668,6 +673,26 @@ def test_wave_correction_as_2d_computes_the_same_convolutions(kernel: int, layer
             assert torch.equal(wc.core(low), wc.core(low, as_2d=True))
     with pytest.raises(ValueError, match=r"groups=2.0 must be an integer dividing hidden=8"):
         WaveCorrection(2, (0, 1, 2), 8, 8, 2, 3, 2.0)
+
+
+def test_training_estimates_add_the_masks_stems_with_the_mask_loss_weight() -> None:
+    """With "mask_loss" W the trainer gets the corrected stems (weight 1) and the masks' own
+    stems (weight W), from one forward pass; without it, or without a branch, the output alone."""
+    torch.manual_seed(5)
+    wave = torch.randn(1, 2, 3000)
+    plain = MMDenseNet(TINY_WAVE).eval()
+    torch.nn.init.normal_(plain.wave.out.weight, std=0.5)
+    with torch.no_grad():
+        (only, w), = plain.training_estimates(wave)
+        assert w == 1.0 and torch.equal(only, plain(wave))
+    both = MMDenseNet({**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "mask_loss": 0.5}}).eval()
+    both.load_state_dict(plain.state_dict())  # the same weights: mask_loss adds no parameter
+    with torch.no_grad():
+        (out, w1), (masks, w2) = both.training_estimates(wave)
+        assert (w1, w2) == (1.0, 0.5)
+        assert torch.equal(out, both(wave)) and torch.equal(masks, both.mask_stems(wave))
+        assert torch.max(torch.abs(out - masks)) > 1e-3  # the correction is there
+    assert len(MMDenseNet(TINY).training_estimates(wave)) == 1
 
 
 def test_wave_correction_keeps_a_non_finite_delta_in_its_pair() -> None:

@@ -579,6 +579,48 @@ def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, t
     assert rc == 1 and "error: x: " in capsys.readouterr().err
 
 
+def test_mask_loss_is_the_weighted_mean_over_the_estimates_and_trains(tiny_musdb: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """training_loss with "mask_loss" 1 is the mean of the corrected stems' and the masks'
+    stems' L1 losses (per-source weights inside each); a run trains with it, records it in its
+    config and keeps it on resume."""
+    from stemcli.train import archs
+    from stemcli.train.loop import source_weights, training_loss, weighted_l1
+
+    cfg = {**archs.default_config("mmdense"), **TINY,
+           "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3, "mask_loss": 1.0}}
+    torch.manual_seed(0)
+    model = archs.build(cfg)
+    torch.nn.init.normal_(model.wave.out.weight, std=0.5)
+    mix, ref = torch.randn(2, 2, 4000), torch.randn(2, 4, 2, 4000)
+    weights = source_weights(list(cfg["sources"]), {"drums": 2.0})
+    with torch.no_grad():
+        got = training_loss(model, mix, ref, weights)
+        out, masks = model(mix), model.mask_stems(mix)
+    want = (weighted_l1(out, ref, weights) + weighted_l1(masks, ref, weights)) / 2
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert abs(got.item() - weighted_l1(out, ref, weights).item()) > 1e-4  # not the output's loss alone
+    from stemcli_mmdense.model import MMDenseNet
+
+    seen: list[int] = []
+    real = MMDenseNet.training_estimates
+
+    def spy(self, wave):  # the training loop's forward goes through training_estimates
+        terms = real(self, wave)
+        seen.append(len(terms))
+        return terms
+
+    monkeypatch.setattr(MMDenseNet, "training_estimates", spy)
+    out_dir = tmp_path / "run"
+    train("mmdense", tiny_musdb, out_dir, steps=3, batch=1, seconds=0.5, lr=3e-3, threads=1, val_every=3,
+          val_excerpts=1, val_seconds=0.5, config={**TINY, "wave": cfg["wave"]}, log=lambda m: None)
+    assert seen == [2, 2, 2]  # three steps, two estimates each
+    assert json.loads((out_dir / "config.json").read_text())["model"]["wave"]["mask_loss"] == 1.0
+    train("mmdense", tiny_musdb, out_dir, steps=4, batch=1, seconds=0.5, lr=3e-3, threads=1, val_every=4,
+          val_excerpts=1, val_seconds=0.5, resume=True, log=lambda m: None)
+    assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
 def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path) -> None:
     """export/finetune_wave.py: on a finished run, only the "wave" branch moves; every other
     weight (BatchNorm statistics included) is the run's; it refuses a config without the branch

@@ -48,6 +48,7 @@ the inverse STFT; its resampling and convolutions are exported as a second graph
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -89,7 +90,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # ("groups": G splits the hidden channels into G separate networks after the input layer,
     # each computing its own (K - 1) / G of the corrections: G = K - 1 gives each correction its
     # own network)
-    "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5, "groups": 1},
+    # "mask_loss": W > 0 also trains the masks' own stems (before the correction) with weight W
+    # against the corrected stems' 1: see MMDenseNet.training_estimates)
+    "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5, "groups": 1,
+             "mask_loss": 0.0},
 }
 
 
@@ -561,8 +565,8 @@ class MMDenseNet(nn.Module):
         Raises:
             ValueError: not an object, an unknown field (a misspelt one would silently leave
                 the branch out), a field of the wrong type or range, a pair that is not two
-                or more different sources of the model, or ``groups`` not dividing ``hidden``
-                and the number of corrections.
+                or more different sources of the model, ``groups`` not dividing ``hidden``
+                and the number of corrections, or a ``mask_loss`` without a branch.
         """
         if given is None:
             given = {}
@@ -582,6 +586,14 @@ class MMDenseNet(nn.Module):
 
         hidden, decimate, layers, kernel = _int("hidden", 0), _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
         groups = _int("groups", 1)
+        mask_loss = wave.get("mask_loss")
+        if (not isinstance(mask_loss, (int, float)) or isinstance(mask_loss, bool) or not math.isfinite(mask_loss)
+                or mask_loss < 0):
+            raise ValueError(f"mmdense config: wave.mask_loss must be a finite number >= 0, got {mask_loss!r}")
+        if mask_loss and not hidden:
+            raise ValueError(f"mmdense config: wave.mask_loss={mask_loss} weighs the stems before the correction, "
+                             "but there is no correction (wave.hidden is 0)")
+        self.mask_loss = float(mask_loss)
         if layers > 16:
             raise ValueError(f"mmdense config: wave.layers={layers}: at most 16 (the dilation doubles per layer)")
         if decimate > wavepost.MAX_DECIMATE:
@@ -751,6 +763,26 @@ class MMDenseNet(nn.Module):
             return self._forward_exportable(wave)
         est = self.mask_stems(wave)
         return est if self.wave is None else self.wave(wave, est)
+
+    def training_estimates(self, wave: torch.Tensor) -> list[tuple[torch.Tensor, float]]:
+        """What the trainer's loss compares with the references, each with its weight
+        (:func:`stemcli.train.loop.training_loss`): the model's output, weight 1; with a
+        ``"wave"`` correction and ``"mask_loss": W > 0`` also the masks' own stems before the
+        correction, weight ``W``.  Trained on the corrected output alone, the mask net leaves
+        to the branch what the branch can fix and its own stems get worse (export/README,
+        session 29); the second term keeps it answerable for them.  The one forward pass
+        gives both (the correction takes the masks' stems as its input).
+
+        Args:
+            wave: [shape=(batch, channels, time)].
+
+        Returns:
+            ``[(estimate, weight), ...]``, each estimate [shape=(batch, sources, channels, time)].
+        """
+        if self.wave is None or not self.mask_loss:
+            return [(self(wave), 1.0)]
+        est = self.mask_stems(wave)
+        return [(self.wave(wave, est), 1.0), (est, self.mask_loss)]
 
     def mask_stems(self, wave: torch.Tensor) -> torch.Tensor:
         """The stems of the masks alone, before any ``"wave"`` correction. Args:

@@ -16,7 +16,10 @@ total over all sessions; it counts training steps, data loading included, not va
 or checkpoint writing).
 
 Loss: L1 between estimated and true stem waveforms, averaged over sources, channels and time
-(``loss_weights``: a weighted mean over sources of the per-source averages).
+(``loss_weights``: a weighted mean over sources of the per-source averages).  A model with a
+``training_estimates`` method (``mmdense`` with ``"wave": {"mask_loss": W}``) gives more than one
+estimate, each with a weight; the loss is then the weighted mean of their L1 losses
+(:func:`training_loss`).
 The models end in an inverse STFT, so the loss sees what is delivered (phase included, the
 stems summing to the mixture), costs no extra transform in the backward pass, and its scale is
 independent of the spectrogram settings, so two architectures with different STFTs (MMDenseNet
@@ -237,6 +240,24 @@ def weighted_l1(est: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor | No
         return torch.nn.functional.l1_loss(est, ref)
     per_source = (est - ref).abs().mean(dim=(0, 2, 3))
     return (per_source * weights).sum() / weights.sum()
+
+
+def training_loss(model: Any, mix: torch.Tensor, ref: torch.Tensor, weights: torch.Tensor | None,
+                  precision: str = "float32") -> torch.Tensor:
+    """The training loss of one batch: :func:`weighted_l1` of the model's output against ``ref``,
+    or, for a model with ``training_estimates`` (e.g. ``mmdense`` with ``"wave": {"mask_loss":
+    W}``), the weighted mean of :func:`weighted_l1` over the estimates it returns.
+
+    Args:
+        mix: [shape=(batch, channels, time)].
+        ref: [shape=(batch, sources, channels, time)].
+        weights: per-source weights (:func:`source_weights`) or None.
+        precision: ``"bfloat16"`` runs the forward pass under CPU autocast; the loss is float32.
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        terms = model.training_estimates(mix) if hasattr(model, "training_estimates") else [(model(mix), 1.0)]
+    total = sum(w for _, w in terms)
+    return sum(w * weighted_l1(est.float(), ref, weights) for est, w in terms) / total
 
 
 def parse_loss_weights(items: list[str] | tuple[str, ...]) -> dict[str, float]:
@@ -528,9 +549,7 @@ def train(
             pairs = [train_set.sample(rng) for _ in range(batch)]
             mix = torch.from_numpy(np.stack([m for m, _ in pairs]))
             ref = torch.from_numpy(np.stack([s for _, s in pairs]))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                est = model(mix)
-            loss = weighted_l1(est.float(), ref, weights)
+            loss = training_loss(model, mix, ref, weights, precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
