@@ -619,6 +619,37 @@ def test_mask_loss_is_the_weighted_mean_over_the_estimates_and_trains(tiny_musdb
     train("mmdense", tiny_musdb, out_dir, steps=4, batch=1, seconds=0.5, lr=3e-3, threads=1, val_every=4,
           val_excerpts=1, val_seconds=0.5, resume=True, log=lambda m: None)
     assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["step"] == 4
+    assert seen == [2, 2, 2, 2]  # the resumed step still trains the masks' stems
+
+
+def test_mask_loss_sends_gradient_to_the_mask_net_and_leaves_other_models_alone() -> None:
+    """The masks' term reaches the mask net's weights (W 0 and W 1 give it different gradients
+    from the same weights and batch); a model without training_estimates (Open-Unmix) gets
+    exactly the loss of its output; estimates whose weights sum to 0 are refused."""
+    from stemcli.train import archs
+    from stemcli.train.loop import training_loss, weighted_l1
+
+    mix, ref = torch.randn(1, 2, 4000), torch.randn(1, 4, 2, 4000)
+    grads = []
+    for w in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = archs.build({**archs.default_config("mmdense"), **TINY,
+                             "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3, "mask_loss": w}})
+        torch.nn.init.normal_(model.wave.out.weight, std=0.5)
+        training_loss(model, mix, ref, None).backward()
+        grads.append(model.stem[0].weight.grad.clone())
+    assert torch.max(torch.abs(grads[0] - grads[1])) > 1e-6
+    torch.manual_seed(0)
+    umx = archs.build({**archs.default_config("umx"), "hidden_size": 16, "nb_layers": 1, "n_fft": 512, "hop": 128})
+    with torch.no_grad():
+        assert torch.equal(training_loss(umx, mix, ref, None), weighted_l1(umx(mix).float(), ref, None))
+
+    class NoWeight(torch.nn.Module):
+        def training_estimates(self, x):
+            return [(x, 0.0)]
+
+    with pytest.raises(ValueError, match="NoWeight.training_estimates: needs at least one estimate"):
+        training_loss(NoWeight(), mix, ref, None)
 
 
 def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # ("groups": G splits the hidden channels into G separate networks after the input layer,
     # each computing its own (K - 1) / G of the corrections: G = K - 1 gives each correction its
     # own network)
-    # "mask_loss": W > 0 also trains the masks' own stems (before the correction) with weight W
+    # ("mask_loss": W > 0 also trains the masks' own stems, before the correction, with weight W
     # against the corrected stems' 1: see MMDenseNet.training_estimates)
     "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5, "groups": 1,
              "mask_loss": 0.0},
@@ -768,9 +768,10 @@ class MMDenseNet(nn.Module):
         """What the trainer's loss compares with the references, each with its weight
         (:func:`stemcli.train.loop.training_loss`): the model's output, weight 1; with a
         ``"wave"`` correction and ``"mask_loss": W > 0`` also the masks' own stems before the
-        correction, weight ``W``.  Trained on the corrected output alone, the mask net leaves
-        to the branch what the branch can fix and its own stems get worse (export/README,
-        session 29); the second term keeps it answerable for them.  The one forward pass
+        correction, weight ``W``.  Trained on the corrected output alone, the mask net of
+        ``mmdense35`` came out with worse stems of its own than one trained without the
+        branch's second network (export/README, session 29); the second term is meant to keep
+        it answerable for them (``mmdense36`` tests whether it does).  The one forward pass
         gives both (the correction takes the masks' stems as its input).
 
         Args:

@@ -6,6 +6,11 @@ Built in: ``mmdense`` (``stemcli_mmdense.model``) and ``umx`` (``stemcli_umx.mod
 ``sample_rate``, ``channels``) and ``build(config) -> nn.Module`` mapping
 ``[batch, channels, time] -> [batch, sources, channels, time]`` can be named as
 ``"package.module"``.
+
+A model may also define ``training_estimates(mix) -> [(estimate, weight), ...]`` (e.g.
+``mmdense`` with ``"wave": {"mask_loss": W}``): the trainer's loss is then the weighted mean of
+the estimates' L1 losses (:func:`stemcli.train.loop.training_loss`); without it the loss is
+that of ``model(mix)``.
 """
 
 from __future__ import annotations

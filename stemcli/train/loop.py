@@ -253,10 +253,19 @@ def training_loss(model: Any, mix: torch.Tensor, ref: torch.Tensor, weights: tor
         ref: [shape=(batch, sources, channels, time)].
         weights: per-source weights (:func:`source_weights`) or None.
         precision: ``"bfloat16"`` runs the forward pass under CPU autocast; the loss is float32.
+
+    The logged loss is this mean: with more than one estimate it is not comparable with the
+    plain L1 loss of another run.
+
+    Raises:
+        ValueError: a ``training_estimates`` that returns no estimate or weights summing to 0.
     """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         terms = model.training_estimates(mix) if hasattr(model, "training_estimates") else [(model(mix), 1.0)]
     total = sum(w for _, w in terms)
+    if not terms or not total > 0:
+        raise ValueError(f"{type(model).__name__}.training_estimates: needs at least one estimate and weights "
+                         f"summing to more than 0, got {[w for _, w in terms]}")
     return sum(w * weighted_l1(est.float(), ref, weights) for est, w in terms) / total
 
 
