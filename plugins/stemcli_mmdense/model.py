@@ -362,20 +362,17 @@ class WaveCorrection(nn.Module):
         runs 2-d convolutions with its blocked-layout (NCHWc) kernels and 1-d ones without
         (the post graph of a 17 s part took 8.5 against 11.3 ms, one thread, AMD EPYC;
         export/README, session 29).  The outputs agree to float32 rounding."""
-        if not as_2d:
-            y = self.inp(low)
-            for conv in self.blocks:
-                y = y + conv(nn.functional.relu(y))
-            return self.out(nn.functional.relu(y))
-
-        def conv2d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        def run(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+            if not as_2d:
+                return conv(x)
             return nn.functional.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]),
                                         dilation=(1, conv.dilation[0]), groups=conv.groups)
 
-        y = conv2d(self.inp, low.unsqueeze(2))
+        y = run(self.inp, low.unsqueeze(2) if as_2d else low)
         for conv in self.blocks:
-            y = y + conv2d(conv, nn.functional.relu(y))
-        return conv2d(self.out, nn.functional.relu(y)).squeeze(2)
+            y = y + run(conv, nn.functional.relu(y))
+        y = run(self.out, nn.functional.relu(y))
+        return y.squeeze(2) if as_2d else y
 
     def delta(self, mix: torch.Tensor, *stems: torch.Tensor) -> torch.Tensor:
         """The corrections ``[shape=(batch, (K - 1) * channels, time)]`` of the first ``K - 1``
