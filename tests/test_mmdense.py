@@ -133,7 +133,9 @@ def test_onnx_export_dynamic_batch_and_time(tmp_path) -> None:
      {**TINY, "wave": {"hidden": 0, "mask_loss": 1.0}},  # a weight for the stems before no correction
      {**TINY, "wave": {"hidden": 4, "groups": 2}},  # two groups, one correction
      {**TINY, "wave": {"hidden": 5, "groups": 2, "pair": ["drums", "other", "bass"]}},  # 5 channels in 2 groups
-     {**TINY, "wave": {"hidden": 4, "groups": 2.0, "pair": ["drums", "other", "bass"]}}],
+     {**TINY, "wave": {"hidden": 4, "groups": 2.0, "pair": ["drums", "other", "bass"]}},
+     {**TINY, "wave": {"hidden": 4, "chain": 1, "pair": ["drums", "other", "bass"]}},  # not a boolean
+     {**TINY, "wave": {"hidden": 4, "chain": "true", "pair": ["drums", "other", "bass"]}}],
 )
 def test_bad_config(change: dict) -> None:
     with pytest.raises(ValueError):
@@ -654,6 +656,73 @@ def test_grouped_wave_correction_gives_each_correction_its_own_network() -> None
     torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"wave.groups=2 must divide wave.hidden=4 and the number of corrections, 1"):
         MMDenseNet({**TINY, "wave": {"hidden": 4, "groups": 2}})
+
+
+def test_wave_chain_applies_a_two_stem_network_per_correction_in_turn() -> None:
+    """"chain" among [drums, other, bass]: network 0 is a drums/bass correction that sees only
+    the mixture, drums and bass (changing the other stem leaves it bit-equal); network 1 corrects
+    other/bass on the bass network 0 left (changing network 0 changes it).  On a length that is a
+    multiple of the decimation the whole equals the two networks applied one after the other;
+    on any length the stems sum to the mixture and vocals are untouched, and it is a no-op at
+    initialisation.  The card's post entry is the three-stem one, and a chain with groups, or
+    with a non-boolean "chain", is refused."""
+    from stemcli_mmdense.model import WaveChain
+
+    torch.manual_seed(6)
+    cfg = {**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["drums", "other", "bass"], "chain": True}}
+    model = MMDenseNet(cfg).eval()
+    w = model.wave
+    assert isinstance(w, WaveChain) and len(w.steps) == 2
+    assert [s.pair for s in w.steps] == [(1, 2), (3, 2)]  # (drums, bass), (other, bass) in the source order
+    assert all(s.inp.in_channels == 3 * 2 and s.out.out_channels == 2 for s in w.steps)
+    assert model.post() == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
+    wave = torch.randn(1, 2, 4000)  # 500 x 8
+    with torch.no_grad():
+        assert torch.equal(model(wave), model.mask_stems(wave))  # zero output layers
+        for p in w.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        base = model.mask_stems(wave)
+        out = model(wave)
+        in_turn = w.steps[1](wave, w.steps[0](wave, base))
+        torch.testing.assert_close(out, in_turn, atol=2e-6, rtol=0)
+        assert torch.max(torch.abs(out[:, 2] - w.steps[0](wave, base)[:, 2])) > 1e-3  # bass moved twice
+        stems = [base[:, k] for k in (1, 3, 2)]
+        d0 = w.delta(wave, *stems)
+        d_other = w.delta(wave, stems[0], stems[1] + 0.3, stems[2])
+        assert torch.equal(d0[:, 0:2], d_other[:, 0:2])  # network 0 does not see the other stem
+        assert torch.max(torch.abs(d0[:, 2:4] - d_other[:, 2:4])) > 1e-3
+        w.steps[0].out.weight += 0.5
+        d1 = w.delta(wave, *stems)
+        assert torch.max(torch.abs(d0[:, 2:4] - d1[:, 2:4])) > 1e-3  # network 1 sees network 0's bass
+        odd = torch.randn(2, 2, 4003)  # not a multiple of 8, a batch of 2
+        out = model(odd)
+        assert torch.equal(out[:, 0], model.mask_stems(odd)[:, 0])
+        torch.testing.assert_close(out.sum(dim=1), odd, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"wave.groups must be 1 with it, got 2"):
+        MMDenseNet({**TINY, "wave": {"hidden": 4, "groups": 2, "chain": True, "pair": ["drums", "other", "bass"]}})
+    with pytest.raises(ValueError, match=r"wave.chain must be true or false, got 'yes'"):
+        MMDenseNet({**TINY, "wave": {"hidden": 4, "chain": "yes"}})
+
+
+def test_wave_chain_post_graph_computes_the_torch_corrections() -> None:
+    """The exported form (:meth:`WaveChain.post_graph`, 2-d convolutions, the blocks the runtime
+    makes) gives the corrections torch adds, on a length that is not a multiple of the
+    decimation: the chain runs on the padded length in both."""
+    from stemcli import wavepost
+
+    torch.manual_seed(7)
+    cfg = {**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["drums", "other", "bass"], "chain": True}}
+    model = MMDenseNet(cfg).eval()
+    for p in model.wave.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    mix = torch.randn(1, 2, 3001)
+    stems = [torch.randn(1, 2, 3001) for _ in range(3)]
+    with torch.no_grad():
+        want = model.wave.delta(mix, *stems)
+        blocks = torch.from_numpy(wavepost.blocks([mix.numpy(), *(s.numpy() for s in stems)], 8))
+        got = model.post_net()(blocks)
+    assert got.shape == (1, 4, 376 * 8)
+    torch.testing.assert_close(got[..., :3001], want, atol=2e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kernel,layers,groups,k", [(1, 1, 1, 2), (3, 3, 1, 2), (5, 7, 2, 3), (7, 2, 4, 5)])

@@ -166,8 +166,9 @@ def _wave_run(tmp_path: Path, wave: dict | None = None) -> tuple[Path, MMDenseNe
     cfg = {**DEFAULT_CONFIG, **TINY, "wave": wave or WAVE}
     torch.manual_seed(2)
     model = MMDenseNet(cfg)
-    torch.nn.init.normal_(model.wave.out.weight, std=0.5)
-    torch.nn.init.normal_(model.wave.out.bias, std=0.05)
+    for net in getattr(model.wave, "steps", [model.wave]):  # a WaveChain's networks, or the one
+        torch.nn.init.normal_(net.out.weight, std=0.5)
+        torch.nn.init.normal_(net.out.bias, std=0.05)
     (run / "config.json").write_text(json.dumps({"model": cfg, "data": {"root": "nowhere"}}))
     torch.save({"model": model.state_dict(), "step": 3}, run / "best.pt")
     return run, model.eval()
@@ -217,22 +218,27 @@ def test_wave_model_exports_two_graphs_that_match_torch(tmp_path: Path, weights:
     assert again["files"]["post"]["sha256"] == card["files"]["post"]["sha256"]
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path, groups: int) -> None:
+@pytest.mark.parametrize("groups", [1, 2, "chain"])
+def test_three_stem_wave_model_exports_and_runs_like_torch(tmp_path: Path, groups: int | str) -> None:
     """A correction among drums, other and bass: the post graph takes the mixture and three
     stems and returns two corrections; onnxruntime through both graphs equals torch, the stems
     sum to the mixture, vocals are the masks' alone, and a post graph of the two-stem shape is
     refused by this card, naming the file.  With ``groups`` 2 (a network per correction, hidden
-    32: ``mmdense35``'s shape) the grouped convolutions are stored as float16 as well."""
+    32: ``mmdense35``'s shape) the grouped convolutions are stored as float16 as well.  With
+    ``"chain"`` (two two-stem networks in turn, hidden 32: the second sees the bass the first
+    corrected) the card and graph interface are the same, and all four dilated convolutions
+    are stored as float16."""
     wave = {**WAVE, "pair": ["drums", "other", "bass"]}
-    if groups > 1:
+    if groups == 2:
         wave.update(hidden=32, groups=groups)  # 32 x 16 x 5 = 2560 values per dilated convolution
+    if groups == "chain":
+        wave.update(hidden=32, chain=True)  # 32 x 32 x 5 per dilated convolution, 2 per network
     run, model = _wave_run(tmp_path, wave)
     song = _song(tmp_path, 6.0)
     out = tmp_path / "models" / "w3.onnx"
-    card = export_run(run, out, check_audio=song, weights="float16" if groups == 2 else "float32")
-    if groups == 2:
-        assert card["export"]["weights"]["post_float16"]["tensors"] == 2  # the two dilated convolutions
+    card = export_run(run, out, check_audio=song, weights="float32" if groups == 1 else "float16")
+    if groups != 1:
+        assert card["export"]["weights"]["post_float16"]["tensors"] == (2 if groups == 2 else 4)
     assert card["post"] == {"type": "wave-pair", "pair": ["drums", "other", "bass"], "decimate": 8}
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     assert card["io"]["post"].startswith("blocks [batch, 4 x channels, frames + 8, 8] float32 (mixture, drums, other, bass")
