@@ -660,12 +660,14 @@ def test_grouped_wave_correction_gives_each_correction_its_own_network() -> None
 
 def test_wave_chain_applies_a_two_stem_network_per_correction_in_turn() -> None:
     """"chain" among [drums, other, bass]: network 0 is a drums/bass correction that sees only
-    the mixture, drums and bass (changing the other stem leaves it bit-equal); network 1 corrects
-    other/bass on the bass network 0 left (changing network 0 changes it).  On a length that is a
-    multiple of the decimation the whole equals the two networks applied one after the other;
-    on any length the stems sum to the mixture and vocals are untouched, and it is a no-op at
-    initialisation.  The card's post entry is the three-stem one, and a chain with groups, or
-    with a non-boolean "chain", is refused."""
+    the mixture, drums and bass (changing the other stem leaves it bit-equal; with its weights a
+    plain drums/bass branch gives the same correction); network 1 corrects other/bass on the bass
+    network 0 left (changing network 0 changes it).  On a length that is a multiple of the
+    decimation the whole equals the two networks applied one after the other; on any length it
+    equals them applied on the zero-padded length and cut (which differs from cutting after each
+    network near the end only), the stems sum to the mixture and vocals are untouched; a no-op
+    at initialisation.  The card's post entry is the three-stem one; a chain with groups, of two
+    stems, without a branch, or with a non-boolean "chain" is refused."""
     from stemcli_mmdense.model import WaveChain
 
     torch.manual_seed(6)
@@ -698,16 +700,78 @@ def test_wave_chain_applies_a_two_stem_network_per_correction_in_turn() -> None:
         out = model(odd)
         assert torch.equal(out[:, 0], model.mask_stems(odd)[:, 0])
         torch.testing.assert_close(out.sum(dim=1), odd, atol=1e-5, rtol=0)
+        # at any length: the networks in turn on the zero-padded length (4008), cut to 4003
+        est = torch.randn(2, 4, 2, 4003)
+        mix = est.sum(dim=1)
+        pad = lambda x: torch.nn.functional.pad(x, (0, 5))  # noqa: E731
+        ref = w.steps[1](pad(mix), w.steps[0](pad(mix), pad(est)))[..., :4003]
+        got = w(mix, est)
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=0)
+        cut = w.steps[1](mix, w.steps[0](mix, est))  # cut after each network instead: differs near the end only
+        assert torch.max(torch.abs(got - cut)[..., -256:]) > 1e-4
+        torch.testing.assert_close(got[..., :-256], cut[..., :-256], atol=2e-6, rtol=0)
+        # the first network computes what a plain drums/bass branch with its weights computes
+        plain = MMDenseNet({**TINY_WAVE}).eval()
+        plain.wave.load_state_dict(w.steps[0].state_dict())
+        torch.testing.assert_close(w.delta(wave, *stems)[:, 0:2], plain.wave.delta(wave, stems[0], stems[2]),
+                                   atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"wave.groups must be 1 with it, got 2"):
         MMDenseNet({**TINY, "wave": {"hidden": 4, "groups": 2, "chain": True, "pair": ["drums", "other", "bass"]}})
     with pytest.raises(ValueError, match=r"wave.chain must be true or false, got 'yes'"):
         MMDenseNet({**TINY, "wave": {"hidden": 4, "chain": "yes"}})
+    with pytest.raises(ValueError, match=r"wave.chain needs three or more stems in wave.pair"):
+        MMDenseNet({**TINY, "wave": {"hidden": 4, "chain": True}})
+    with pytest.raises(ValueError, match=r"wave.chain chains the corrections' networks, but there is no correction"):
+        MMDenseNet({**TINY, "wave": {"hidden": 0, "chain": True, "pair": ["drums", "other", "bass"]}})
+
+
+def test_wave_chain_of_four_stems_updates_the_last_stem_after_each_network() -> None:
+    """[vocals, drums, other, bass] in a chain: three networks, each seeing the bass all the
+    networks before it left; the whole equals them applied in turn (a length that is a multiple
+    of the decimation), bass loses all three corrections, the stems sum to the mixture."""
+    torch.manual_seed(8)
+    model = MMDenseNet({**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["vocals", "drums", "other", "bass"],
+                                              "chain": True}}).eval()
+    w = model.wave
+    assert [s.pair for s in w.steps] == [(0, 2), (1, 2), (3, 2)]
+    for p in w.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    est = torch.randn(1, 4, 2, 2400)
+    mix = est.sum(dim=1)
+    with torch.no_grad():
+        got = w(mix, est)
+        ref = est
+        for step in w.steps:
+            ref = step(mix, ref)
+    torch.testing.assert_close(got, ref, atol=3e-6, rtol=0)
+    torch.testing.assert_close(got.sum(dim=1), mix, atol=1e-5, rtol=0)
+    assert all(torch.max(torch.abs(got[:, k] - est[:, k])) > 1e-3 for k in range(4))
+
+
+def test_wave_chain_trains_under_bfloat16_autocast() -> None:
+    """Under CPU bfloat16 autocast (``--precision bfloat16``) the chain's resampling stays
+    float32: the output is float32, the stems sum to the mixture, and every network's output
+    layer gets a finite, non-zero gradient (the first one's also through the second's input)."""
+    torch.manual_seed(9)
+    model = MMDenseNet({**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "pair": ["drums", "other", "bass"],
+                                              "chain": True}})
+    wave = torch.randn(1, 2, 3000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(wave)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.sum(dim=1), wave, atol=1e-5, rtol=0)
+    out[:, 1:].square().mean().backward()  # drums, bass, other: each network's output layer moves
+    for step in model.wave.steps:
+        g = step.out.weight.grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().max() > 0
 
 
 def test_wave_chain_post_graph_computes_the_torch_corrections() -> None:
     """The exported form (:meth:`WaveChain.post_graph`, 2-d convolutions, the blocks the runtime
     makes) gives the corrections torch adds, on a length that is not a multiple of the
-    decimation: the chain runs on the padded length in both."""
+    decimation: the chain runs on the padded length in both.  (Both sides run
+    :meth:`WaveChain.corrections`: this pins the graph's input layout and 2-d form; the chain's
+    arithmetic is pinned by the in-turn tests above.)"""
     from stemcli import wavepost
 
     torch.manual_seed(7)

@@ -539,20 +539,25 @@ def test_cli_train_ema_range(tiny_musdb: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("chain", [False, True])
+def test_a_wave_correction_run_trains_and_is_scored_in_torch(tiny_musdb: Path, tmp_path: Path, capsys,
+                                                             chain: bool) -> None:
     """An mmdense run with the "wave" correction trains (the branch's zero
-    output layer moves), and benchmarks/run_eval.py scores it with museval in torch: the SDR of
+    output layer moves; with "chain" among three stems, both networks' output layers), and
+    benchmarks/run_eval.py scores it with museval in torch: the SDR of
     the run's best.pt weights (not checkpoint.pt's), rebuilt here from config.json in eval mode,
     applied to the track and scored by museval directly, stem by stem."""
     from stemcli.evaluate import bss_eval, read_track
     from stemcli.train import archs
 
     out = tmp_path / "run"
-    cfg = {**TINY, "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}
+    wave = {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}
+    cfg = {**TINY, "wave": {**wave, "pair": ["drums", "other", "bass"], "chain": True} if chain else wave}
     train("mmdense", tiny_musdb, out, steps=4, batch=1, seconds=0.5, lr=3e-3, threads=1, val_every=4,
           val_excerpts=1, val_seconds=0.5, config=cfg, log=lambda m: None)
     best = torch.load(out / "best.pt", weights_only=True)["model"]
-    assert best["wave.out.weight"].abs().max() > 0
+    for key in (["wave.steps.0.out.weight", "wave.steps.1.out.weight"] if chain else ["wave.out.weight"]):
+        assert best[key].abs().max() > 0, key
     ck = torch.load(out / "checkpoint.pt", weights_only=True)  # other weights there: loading it would show
     ck["model"] = {k: v * 0.5 if v.dtype.is_floating_point else v for k, v in ck["model"].items()}
     torch.save(ck, out / "checkpoint.pt")

@@ -407,24 +407,29 @@ def _apply_corrections(est: torch.Tensor, pair: tuple[int, ...], d: torch.Tensor
 
 
 class WaveChain(nn.Module):
-    """The corrections of a ``pair`` of ``K`` stems as a chain of ``K - 1`` two-stem
+    """The corrections of a ``pair`` of ``K >= 3`` stems as a chain of ``K - 1`` two-stem
     :class:`WaveCorrection` networks, applied in turn: network ``k`` sees the mixture, stem ``k``
-    and the last stem **as the networks before it left it**, and moves its correction from the
-    last stem to stem ``k``.  With ``["drums", "other", "bass"]`` the first network is the
-    shipped drums/bass correction, unchanged in shape and inputs, and the second corrects
-    bass/other on the bass the first one corrected (a second network trained that way on top of
-    the frozen shipped model gained bass +0.30 and other +0.17 dB and left drums untouched;
-    one shared network among the three stems, grouped or not, lost drums: export/README,
-    sessions 28-30).
+    and the last stem **as the networks before it left it** (on the padded length, below), and
+    moves its correction from the last stem to stem ``k``.  With ``["drums", "other", "bass"]``
+    the first network has the shape and the inputs of the shipped drums/bass correction (not its
+    weights: its keys are ``steps.0.*``), and the second corrects bass/other on the bass the
+    first one corrected.  Close to this, a second network trained on top of the frozen shipped
+    model gained bass +0.30 and other +0.17 dB and left drums untouched (session 28), while the
+    three models with one branch over the three stems lost drums in their output (the first
+    because its branch dropped the drums correction, the other two through their masks:
+    export/README, sessions 28-30).
 
     The card, the post graph's input and output and :func:`stemcli.wavepost.apply_post` are
     those of a :class:`WaveCorrection` with the same pair: the graph takes the mixture and the
     ``K`` stems as blocks and returns the ``K - 1`` corrections.  For that the chain works on the
-    padded length ``L * D`` (``L = ceil(time / D)``): correction ``k`` is interpolated back to
-    all ``L * D`` samples and decimated again for the next network (the resampling is linear,
-    so the last stem's decimated signal is updated in place of decimating the corrected
-    waveform), and only the output is cut to ``time`` samples: torch and the exported graph
-    compute the same thing for any length.
+    padded length ``L * D`` (``L = ceil(time / D)``; the stems zero-padded, as the runtime's
+    blocks are): correction ``k`` is interpolated back to all ``L * D`` samples and decimated
+    again for the next network, which sees the decimated last stem minus it (the same as
+    decimating the padded last stem minus the correction, the resampling being linear), and only
+    the output is cut to ``time`` samples: torch and the exported graph compute the same thing
+    for any length.  So the next network's last stem holds the correction's tail in the padding
+    samples ``[time, L * D)``, where a corrected stem cut to ``time`` would hold zeros; with
+    ``time`` a multiple of ``D`` the chain equals its networks applied one after the other.
 
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
     time)]``; output ``est`` with the pair corrected (a new tensor).
@@ -433,8 +438,8 @@ class WaveChain(nn.Module):
     def __init__(self, channels: int, pair: tuple[int, ...], decimate: int, hidden: int, layers: int,
                  kernel: int) -> None:
         super().__init__()
-        if len(pair) < 2 or len(set(pair)) != len(pair):
-            raise ValueError(f"WaveChain: pair must hold two or more different stems, got {pair}")
+        if len(pair) < 3 or len(set(pair)) != len(pair):
+            raise ValueError(f"WaveChain: pair must hold three or more different stems, got {pair}")
         self.pair, self.decimate = tuple(pair), decimate
         self.steps = nn.ModuleList(WaveCorrection(channels, (pair[k], pair[-1]), decimate, hidden, layers, kernel)
                                    for k in range(len(pair) - 1))
@@ -453,7 +458,6 @@ class WaveChain(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 d = step.up_all(y.float())  # [B, C, L * D]
                 if k + 1 < len(self.steps):  # L * D samples: 4 D zeros on each side make to_blocks' L + 8 blocks
-                    # (unflatten, not a reshape to d.shape's sizes, which the exporter's trace would freeze)
                     blocks = nn.functional.pad(d, (4 * self.decimate, 4 * self.decimate)).unflatten(2, (-1, self.decimate))
                     last = last - step.down_blocks(blocks)
             out.append(d)
@@ -644,7 +648,8 @@ class MMDenseNet(nn.Module):
                 the branch out), a field of the wrong type or range, a pair that is not two
                 or more different sources of the model, ``groups`` not dividing ``hidden``
                 and the number of corrections (or not 1 with ``chain``), a ``chain`` that is not a
-                boolean, or a ``mask_loss`` without a branch.
+                boolean or has fewer than three stems in the pair, or a ``mask_loss`` or a
+                ``chain`` without a branch.
         """
         if given is None:
             given = {}
@@ -670,6 +675,9 @@ class MMDenseNet(nn.Module):
         if chain and groups != 1:
             raise ValueError(f"mmdense config: wave.chain gives each correction its own network already; "
                              f"wave.groups must be 1 with it, got {groups}")
+        if chain and not hidden:
+            raise ValueError("mmdense config: wave.chain chains the corrections' networks, but there is no "
+                             "correction (wave.hidden is 0)")
         mask_loss = wave.get("mask_loss")
         if (not isinstance(mask_loss, (int, float)) or isinstance(mask_loss, bool) or not math.isfinite(mask_loss)
                 or mask_loss < 0):
@@ -695,6 +703,9 @@ class MMDenseNet(nn.Module):
             raise ValueError(f"mmdense config: wave.groups={groups} must divide wave.hidden={hidden} and the "
                              f"number of corrections, {len(pair) - 1} (one fewer than the pair's {len(pair)} stems)")
         idx = tuple(sources.index(p) for p in pair)
+        if chain and len(pair) < 3:
+            raise ValueError(f"mmdense config: wave.chain needs three or more stems in wave.pair (two make one "
+                             f"correction, the plain branch), got {pair!r}")
         if chain:
             return WaveChain(self.n_ch, idx, decimate, hidden, layers, kernel)
         return WaveCorrection(self.n_ch, idx, decimate, hidden, layers, kernel, groups)
