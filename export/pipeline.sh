@@ -15,13 +15,14 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals sung to the melody
 RUNS=${RUNS:-/work/runs}
-MM_RUN=${MM_RUN:-$RUNS/mmdense32}
+MM_RUN=${MM_RUN:-$RUNS/mmdense37}
 UMX_RUN=${UMX_RUN:-$RUNS/umx14}
-MM_CONFIG=${MM_CONFIG:-export/configs/mmdense32.json}  # the shipped architecture (mmdense27.json + the wave branch)
+MM_CONFIG=${MM_CONFIG:-export/configs/mmdense37.json}  # the shipped architecture (mmdense27.json + the wave branch, 32 wide)
 MINUTES=${MINUTES:-90}                # Open-Unmix's training-step wall clock
 # MMDenseNet's budget in steps: the 14397 steps mmdense27.json made in those 90 minutes beside Open-Unmix,
-# divided by the measured step-time ratio of the wave branch (1.116; export/README.md "Session 25")
-MM_BUDGET=${MM_BUDGET:---steps 12900}  # e.g. "--minutes 90" for a wall-clock budget instead
+# divided by the measured step-time ratio of the wave branch (1.116; export/README.md "Session 25"): 12900,
+# divided again by the 32-wide branch's step-time ratio to that (1.0660; export/README.md "Session 30")
+MM_BUDGET=${MM_BUDGET:---steps 12101}  # e.g. "--minutes 90" for a wall-clock budget instead
 mkdir -p "$RUNS"
 
 # 0. Set-up, plus the openunmix package (the baseline architecture; installed --no-deps).
