@@ -60,9 +60,10 @@ $PY -m stemcli export "$MM_RUN" -o models/mmdense.onnx --check-audio "$CHECK" --
 $PY -m stemcli export "$UMX_RUN" -o "$UMX_RUN/umx.onnx" --check-audio "$CHECK" --force
 
 # 4. Measure and record in the card: speed (30 s stereo, 2 threads) and quality on the test split.
-# (speed.py exits 1 when a target is missed, as the Open-Unmix ratio is; the numbers are written and
-# merged all the same, so the pipeline goes on to the quality step instead of stopping under set -e)
+# (speed.py and quality.py exit 1 when a target is missed, as the Open-Unmix ratio and bass are; the
+# numbers are written and merged all the same, so the pipeline reports it instead of stopping under set -e)
 $PY benchmarks/speed.py --model mmdense --json benchmarks/results/speed.json --update-card models/mmdense.json \
     || echo "pipeline: speed.py reports a target not met (see its table above); going on"
 $PY benchmarks/quality.py --data "$DATA" --model mmdense --baseline "$UMX_RUN/umx.json" \
-    --json benchmarks/results/quality.json --plot benchmarks/results/quality.png --update-card models/mmdense.json
+    --json benchmarks/results/quality.json --plot benchmarks/results/quality.png --update-card models/mmdense.json \
+    || echo "pipeline: quality.py reports a target not met (see its table above)"
