@@ -8,6 +8,16 @@ per band (negative: less error than the first model there).
 
     .venv/bin/python benchmarks/band_errors.py --data data/pop_v2 --tracks 6 \\
         ours=models/mmdense.json umx=/work/runs/umx14/umx.json --json benchmarks/results/band_errors.json
+
+``--exchange`` also says which stem each stem's error is traded with (one model is then enough).
+When a model's stems and the references both sum to the mixture, the errors ``e_s = est_s -
+ref_s`` sum to zero, so ``||e_s||^2 = -sum over x != s of <e_s, e_x>``: each term is the part of
+stem ``s``'s error energy exchanged with stem ``x`` (bass taken for drums below 100 Hz, say).  The
+inner products are taken per band from the same STFT and summed over tracks; what the stems
+leave unexplained (the error of a model whose stems do not sum to the mixture, or a stem the
+references have and the comparison leaves out) is reported as ``rest``.
+
+    .venv/bin/python benchmarks/band_errors.py --data data/pop_v2 --exchange ours=models/mmdense.json
 """
 
 from __future__ import annotations
@@ -36,17 +46,37 @@ def band_energy(signal: np.ndarray, rate: int, edges: tuple[int, ...] = EDGES) -
     return np.array([per_bin[(freqs >= lo) & (freqs < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
 
 
+def band_cross(signals: list[np.ndarray], rate: int, edges: tuple[int, ...] = EDGES) -> np.ndarray:
+    """Inner products of ``signals`` (each [shape=(channels, time)]) per band, from the STFT of
+    :func:`band_energy`: ``[shape=(S, S, len(edges) - 1)]``, entry ``[i, j, k]`` the real part of
+    ``sum X_i conj(X_j)`` over the bins of band ``k`` (the diagonal is :func:`band_energy`)."""
+    from stemcli.spectral import stft
+
+    spec = stft(np.stack([np.asarray(x, np.float32) for x in signals]), N_FFT, HOP)  # [S, C, F, bins]
+    freqs = np.arange(spec.shape[-1]) * rate / N_FFT
+    out = np.zeros((len(signals), len(signals), len(edges) - 1))
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        band = spec[..., (freqs >= lo) & (freqs < hi)].reshape(len(signals), -1).astype(np.complex128)
+        out[:, :, k] = np.real(band @ band.conj().T)
+    return out
+
+
 def band_errors(models: dict[str, Any], data: Path, split: str, tracks: int | list[str] | None,
-                stems: list[str] | None = None) -> dict[str, Any]:
+                stems: list[str] | None = None, exchange: bool = False) -> dict[str, Any]:
     """Error and reference energy per band, summed over tracks: ``{"bands", "tracks", "stems",
-    "reference": stem -> [E], "error": model -> stem -> [E]}``.  ``models`` maps a label to
-    anything ``stemcli.api.separate`` takes as ``model``."""
+    "reference": stem -> [E], "error": model -> stem -> [E]}``, and with ``exchange`` also
+    ``"exchange": model -> stem -> other stem (or "rest") -> [E]``: the part of the stem's error
+    energy traded with the other stem, ``-<e_stem, e_other>`` per band (module docstring), and what
+    those leave of it.  ``models`` maps a label to anything ``stemcli.api.separate`` takes as
+    ``model``."""
     from stemcli import api
     from stemcli.evaluate import find_tracks, read_track
 
     folders = find_tracks(data, split, tracks)
     out: dict[str, Any] = {"bands": [list(b) for b in zip(EDGES[:-1], EDGES[1:])], "tracks": [f.name for f in folders],
                            "reference": {}, "error": {m: {} for m in models}}
+    if exchange:
+        out["exchange"] = {m: {} for m in models}
     for folder in folders:
         mix, rate, refs = read_track(folder)
         names = [s for s in (stems or list(refs)) if s in refs]
@@ -59,6 +89,14 @@ def band_errors(models: dict[str, Any], data: Path, split: str, tracks: int | li
                     raise ValueError(f"{label}: the model gives no '{s}' stem (it gives {', '.join(est)})")
                 err = band_energy(refs[s] - est[s][..., : refs[s].shape[-1]], rate)
                 out["error"][label][s] = out["error"][label].get(s, 0) + err
+            if exchange:
+                cross = band_cross([est[s][..., : refs[s].shape[-1]] - refs[s] for s in names], rate)
+                for i, s in enumerate(names):
+                    row = out["exchange"][label].setdefault(s, {})
+                    for j, x in enumerate(names):
+                        if j != i:
+                            row[x] = row.get(x, 0) - cross[i, j]
+                    row["rest"] = row.get("rest", 0) + cross[i].sum(axis=0)  # ||e_s||^2 + sum_x <e_s, e_x>
     out["stems"] = list(out["reference"])
     return out
 
@@ -91,14 +129,36 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report_exchange(res: dict[str, Any]) -> str:
+    """Per model and stem: the share of the stem's error energy traded with each other stem, per
+    band (percent of the stem's total error; a row's shares add up to that band's share)."""
+    lines = []
+    for label, per_stem in res["exchange"].items():
+        for s, row in per_stem.items():
+            total = float(np.sum(res["error"][label][s]))
+            ref = float(np.sum(res["reference"][s]))
+            lines.append(f"{label} {s}: error {_db(total, ref)} dB against the reference's energy; traded with")
+            cols = list(row)
+            lines.append(f"  {'band (Hz)':>13}" + "".join(f"  {c:>8}" for c in cols) + f"  {'total':>8}")
+            for k, (lo, hi) in enumerate(res["bands"]):
+                shares = [100 * row[c][k] / max(total, 1e-30) for c in cols]
+                lines.append(f"  {f'{lo}-{hi}':>13}" + "".join(f"  {v:7.1f}%" for v in shares)
+                             + f"  {100 * res['error'][label][s][k] / max(total, 1e-30):7.1f}%")
+            lines.append(f"  {'all':>13}" + "".join(f"  {100 * float(np.sum(row[c])) / max(total, 1e-30):7.1f}%"
+                                                    for c in cols) + f"  {100.0:7.1f}%")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("models", nargs="+", metavar="LABEL=MODEL", help="two or more: a label and a model name or card")
+    ap.add_argument("models", nargs="+", metavar="LABEL=MODEL", help="two or more (one with --exchange): a label and a model name or card")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--tracks", default=None,
                     help="the first N tracks, or a comma-separated list of track names (default: all)")
     ap.add_argument("--stems", default=None, help="comma-separated stems (default: all the reference has)")
+    ap.add_argument("--exchange", action="store_true",
+                    help="also: which stem each stem's error is traded with, per band (one model is enough)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     models = {}
@@ -107,18 +167,21 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not label or not model:
             ap.error(f"expected LABEL=MODEL, got '{spec}'")
         models[label] = model
-    if len(models) < 2:
-        ap.error("give at least two models to compare")
+    if len(models) < 2 and not args.exchange:
+        ap.error("give at least two models to compare (or one with --exchange)")
     tracks: int | list[str] | None = None
     if args.tracks:
         tracks = int(args.tracks) if args.tracks.isdigit() else args.tracks.split(",")
     sys.path.insert(0, str(REPO))
     try:
-        res = band_errors(models, args.data, args.split, tracks, args.stems.split(",") if args.stems else None)
+        res = band_errors(models, args.data, args.split, tracks, args.stems.split(",") if args.stems else None,
+                          exchange=args.exchange)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report(res))
+    if args.exchange:
+        print(report_exchange(res))
     if args.json:
         from stemcli.evaluate import write_json
 

@@ -580,3 +580,47 @@ def test_band_errors_put_a_leak_in_its_band(two: Path, tmp_path: Path) -> None:
     other.sources = ("voice", "accompaniment")
     with pytest.raises(ValueError, match="b: the model gives no 'vocals' stem"):
         b.band_errors({"a": _SplitAt1k(0.1), "b": other}, two, "test", 1)
+
+
+class _Scaled(_SplitAt1k):
+    """:class:`_SplitAt1k` with every stem times ``gain``: the stems no longer sum to the mixture."""
+
+    def __init__(self, leak: float, gain: float) -> None:
+        super().__init__(leak)
+        self.gain = gain
+
+    def separate(self, mix: np.ndarray) -> np.ndarray:
+        return self.gain * super().separate(mix)
+
+
+def test_band_errors_exchange_names_the_stem_an_error_is_traded_with(two: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """--exchange: the vocals that take 10 % of the accompaniment trade all their error with the
+    accompaniment, in its bands (50-500 Hz); stems that do not sum to the mixture leave their
+    error as ``rest``; one model is enough, and the JSON holds the table."""
+    b = load_script("benchmarks/band_errors.py")
+    res = b.band_errors({"leak": _SplitAt1k(0.1), "half": _Scaled(0.0, 0.5)}, two, "test", None, exchange=True)
+    bands = [tuple(x) for x in res["bands"]]
+    low = [bands.index(x) for x in ((0, 100), (100, 250), (250, 500))]
+    for s, x in (("vocals", "accompaniment"), ("accompaniment", "vocals")):
+        traded = np.asarray(res["exchange"]["leak"][s][x])
+        err = np.asarray(res["error"]["leak"][s])
+        np.testing.assert_allclose(traded, err, rtol=1e-4, atol=1e-6 * err.sum())  # all of it, band by band
+        assert traded[low].sum() > 0.97 * err.sum()  # where the accompaniment is (50-500 Hz noise)
+        assert abs(np.sum(res["exchange"]["leak"][s]["rest"])) < 1e-4 * err.sum()
+    # half of each stem: the errors (-v / 2, -a / 2) live in different bands, so nothing is traded
+    rest = np.asarray(res["exchange"]["half"]["vocals"]["rest"])
+    assert rest.sum() == pytest.approx(float(np.sum(res["error"]["half"]["vocals"])), rel=0.01)
+    assert abs(np.sum(res["exchange"]["half"]["vocals"]["accompaniment"])) < 0.01 * rest.sum()
+    text = b.report_exchange(res)
+    assert "leak vocals: error" in text and "accompaniment" in text and "100.0%" in text
+    import stemcli.api as api
+
+    real = api.separate
+    monkeypatch.setattr(api, "separate", lambda mix, rate, model=None: real(mix, rate, model=_SplitAt1k(0.1)))
+    out = tmp_path / "x.json"
+    assert b.main(["leak=any", "--data", str(two), "--tracks", "1", "--exchange", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "leak vocals: error" in printed and "traded with" in printed
+    doc = json.loads(out.read_text())
+    assert set(doc["exchange"]["leak"]["vocals"]) == {"accompaniment", "rest"}
