@@ -14,8 +14,10 @@ When a model's stems and the references both sum to the mixture, the errors ``e_
 ref_s`` sum to zero, so ``||e_s||^2 = -sum over x != s of <e_s, e_x>``: each term is the part of
 stem ``s``'s error energy exchanged with stem ``x`` (bass taken for drums below 100 Hz, say).  The
 inner products are taken per band from the same STFT and summed over tracks; what the stems
-leave unexplained (the error of a model whose stems do not sum to the mixture, or a stem the
-references have and the comparison leaves out) is reported as ``rest``.
+leave unexplained (the error of a model whose stems do not sum to the mixture, of a mixture that
+is not the sum of its references, or of a stem left out of the comparison) is reported as
+``rest``.  The terms are signed net amounts, not a partition: where a stem's errors against two
+others are correlated, one term can be negative and another above 100%.
 
     .venv/bin/python benchmarks/band_errors.py --data data/pop_v2 --exchange ours=models/mmdense.json
 """
@@ -41,7 +43,7 @@ def band_energy(signal: np.ndarray, rate: int, edges: tuple[int, ...] = EDGES) -
     from stemcli.spectral import stft
 
     power = np.abs(stft(np.asarray(signal, np.float32), N_FFT, HOP)) ** 2  # [C, F, bins]
-    per_bin = power.sum(axis=(0, 1))
+    per_bin = power.sum(axis=(0, 1), dtype=np.float64)
     freqs = np.arange(per_bin.size) * rate / N_FFT
     return np.array([per_bin[(freqs >= lo) & (freqs < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
 
@@ -58,6 +60,24 @@ def band_cross(signals: list[np.ndarray], rate: int, edges: tuple[int, ...] = ED
     for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         band = spec[..., (freqs >= lo) & (freqs < hi)].reshape(len(signals), -1).astype(np.complex128)
         out[:, :, k] = np.real(band @ band.conj().T)
+    return out
+
+
+def exchange_terms(errors: dict[str, np.ndarray], rate: int, edges: tuple[int, ...] = EDGES) -> dict[str, dict[str, np.ndarray]]:
+    """The exchange table of one track: ``errors`` maps a stem to its error ``est - ref``
+    [shape=(channels, time)]; returns stem -> other stem -> ``-<e_stem, e_other>`` per band, and
+    ``"rest"`` -> ``<e_stem, sum of all errors>`` = ``||e_stem||^2`` minus the others' terms (zero
+    when the errors sum to zero).  The terms are signed: with correlated errors one can be
+    negative and another above the stem's whole error."""
+    names = list(errors)
+    if not names:
+        raise ValueError("no stems to compare")
+    cross = band_cross([errors[s] for s in names], rate, edges)
+    out = {}
+    for i, s in enumerate(names):
+        row = {x: -cross[i, j] for j, x in enumerate(names) if j != i}
+        row["rest"] = cross[i].sum(axis=0)  # ||e_s||^2 + sum over x of <e_s, e_x>
+        out[s] = row
     return out
 
 
@@ -80,6 +100,9 @@ def band_errors(models: dict[str, Any], data: Path, split: str, tracks: int | li
     for folder in folders:
         mix, rate, refs = read_track(folder)
         names = [s for s in (stems or list(refs)) if s in refs]
+        if not names:
+            raise ValueError(f"{folder}: none of the stems {', '.join(stems or [])} is among its references "
+                             f"({', '.join(refs)})")
         for s in names:
             out["reference"][s] = out["reference"].get(s, 0) + band_energy(refs[s], rate)
         for label, model in models.items():
@@ -90,13 +113,11 @@ def band_errors(models: dict[str, Any], data: Path, split: str, tracks: int | li
                 err = band_energy(refs[s] - est[s][..., : refs[s].shape[-1]], rate)
                 out["error"][label][s] = out["error"][label].get(s, 0) + err
             if exchange:
-                cross = band_cross([est[s][..., : refs[s].shape[-1]] - refs[s] for s in names], rate)
-                for i, s in enumerate(names):
-                    row = out["exchange"][label].setdefault(s, {})
-                    for j, x in enumerate(names):
-                        if j != i:
-                            row[x] = row.get(x, 0) - cross[i, j]
-                    row["rest"] = row.get("rest", 0) + cross[i].sum(axis=0)  # ||e_s||^2 + sum_x <e_s, e_x>
+                terms = exchange_terms({s: est[s][..., : refs[s].shape[-1]] - refs[s] for s in names}, rate)
+                for s, row in terms.items():
+                    acc = out["exchange"][label].setdefault(s, {})
+                    for x, e in row.items():
+                        acc[x] = acc.get(x, 0) + e
     out["stems"] = list(out["reference"])
     return out
 

@@ -582,6 +582,30 @@ def test_band_errors_put_a_leak_in_its_band(two: Path, tmp_path: Path) -> None:
         b.band_errors({"a": _SplitAt1k(0.1), "b": other}, two, "test", 1)
 
 
+def test_band_errors_exchange_terms_are_signed_and_named() -> None:
+    """Three errors a, -2a + c and a - c (a, c noises in separate bands, summing to zero): stem x's
+    error ||a||^2 is +200% traded with stem y and -100% with stem z, z's is split between the two,
+    and the report prints those shares."""
+    b = load_script("benchmarks/band_errors.py")
+    rng = np.random.default_rng(3)
+    a, c = 0.1 * band_noise(rng, SR, 100, 500), 0.1 * band_noise(rng, SR, 2000, 4000)
+    terms = b.exchange_terms({"x": a, "y": -2 * a + c, "z": a - c}, SR)
+    ea, ec = b.band_energy(a, SR).sum(), b.band_energy(c, SR).sum()
+    assert float(np.sum(terms["x"]["y"])) == pytest.approx(2 * ea, rel=0.02)
+    assert float(np.sum(terms["x"]["z"])) == pytest.approx(-ea, rel=0.02)
+    assert float(np.sum(terms["z"]["x"])) == pytest.approx(-ea, rel=0.02)  # <e_z, e_x> = ||a||^2
+    assert float(np.sum(terms["z"]["y"])) == pytest.approx(2 * ea + ec, rel=0.02)
+    assert abs(float(np.sum(terms["y"]["rest"]))) < 1e-6 * (ea + ec)
+    res = {"bands": [[0, 22050]], "reference": {"x": [4 * ea]},
+           "error": {"m": {"x": [float(np.sum(b.band_energy(a, SR)))]}},
+           "exchange": {"m": {"x": {k: [float(np.sum(v))] for k, v in terms["x"].items()}}}}
+    text = b.report_exchange(res)
+    assert "m x: error -6.02 dB" in text
+    assert "200.0%" in text and "-100.0%" in text
+    with pytest.raises(ValueError, match="no stems"):
+        b.exchange_terms({}, SR)
+
+
 class _Scaled(_SplitAt1k):
     """:class:`_SplitAt1k` with every stem times ``gain``: the stems no longer sum to the mixture."""
 
@@ -612,8 +636,8 @@ def test_band_errors_exchange_names_the_stem_an_error_is_traded_with(two: Path, 
     rest = np.asarray(res["exchange"]["half"]["vocals"]["rest"])
     assert rest.sum() == pytest.approx(float(np.sum(res["error"]["half"]["vocals"])), rel=0.01)
     assert abs(np.sum(res["exchange"]["half"]["vocals"]["accompaniment"])) < 0.01 * rest.sum()
-    text = b.report_exchange(res)
-    assert "leak vocals: error" in text and "accompaniment" in text and "100.0%" in text
+    with pytest.raises(ValueError, match="none of the stems drums"):
+        b.band_errors({"leak": _SplitAt1k(0.1)}, two, "test", 1, ["drums"], exchange=True)
     import stemcli.api as api
 
     real = api.separate
