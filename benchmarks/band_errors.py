@@ -39,19 +39,14 @@ N_FFT, HOP = 4096, 1024
 
 def band_energy(signal: np.ndarray, rate: int, edges: tuple[int, ...] = EDGES) -> np.ndarray:
     """Energy of ``signal`` [shape=(channels, time)] per band ``[edges[k], edges[k+1])`` (Hz), from
-    its STFT (Hann, 4096 / 1024): [shape=(len(edges) - 1,)]."""
-    from stemcli.spectral import stft
-
-    power = np.abs(stft(np.asarray(signal, np.float32), N_FFT, HOP)) ** 2  # [C, F, bins]
-    per_bin = power.sum(axis=(0, 1), dtype=np.float64)
-    freqs = np.arange(per_bin.size) * rate / N_FFT
-    return np.array([per_bin[(freqs >= lo) & (freqs < hi)].sum() for lo, hi in zip(edges[:-1], edges[1:])])
+    its STFT (Hann, 4096 / 1024): [shape=(len(edges) - 1,)] (the diagonal of :func:`band_cross`)."""
+    return band_cross([signal], rate, edges)[0, 0]
 
 
 def band_cross(signals: list[np.ndarray], rate: int, edges: tuple[int, ...] = EDGES) -> np.ndarray:
     """Inner products of ``signals`` (each [shape=(channels, time)]) per band, from the STFT of
     :func:`band_energy`: ``[shape=(S, S, len(edges) - 1)]``, entry ``[i, j, k]`` the real part of
-    ``sum X_i conj(X_j)`` over the bins of band ``k`` (the diagonal is :func:`band_energy`)."""
+    ``sum X_i conj(X_j)`` over the bins of band ``k`` (the diagonal: each signal's energy per band)."""
     from stemcli.spectral import stft
 
     spec = stft(np.stack([np.asarray(x, np.float32) for x in signals]), N_FFT, HOP)  # [S, C, F, bins]
@@ -63,16 +58,14 @@ def band_cross(signals: list[np.ndarray], rate: int, edges: tuple[int, ...] = ED
     return out
 
 
-def exchange_terms(errors: dict[str, np.ndarray], rate: int, edges: tuple[int, ...] = EDGES) -> dict[str, dict[str, np.ndarray]]:
-    """The exchange table of one track: ``errors`` maps a stem to its error ``est - ref``
-    [shape=(channels, time)]; returns stem -> other stem -> ``-<e_stem, e_other>`` per band, and
+def exchange_terms(names: list[str], cross: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """The exchange table of one track, from :func:`band_cross` of the stems' errors ``est - ref``
+    (in the order of ``names``): stem -> other stem -> ``-<e_stem, e_other>`` per band, and
     ``"rest"`` -> ``<e_stem, sum of all errors>`` = ``||e_stem||^2`` minus the others' terms (zero
     when the errors sum to zero).  The terms are signed: with correlated errors one can be
     negative and another above the stem's whole error."""
-    names = list(errors)
     if not names:
         raise ValueError("no stems to compare")
-    cross = band_cross([errors[s] for s in names], rate, edges)
     out = {}
     for i, s in enumerate(names):
         row = {x: -cross[i, j] for j, x in enumerate(names) if j != i}
@@ -110,11 +103,14 @@ def band_errors(models: dict[str, Any], data: Path, split: str, tracks: int | li
             for s in names:
                 if s not in est:
                     raise ValueError(f"{label}: the model gives no '{s}' stem (it gives {', '.join(est)})")
-                err = band_energy(refs[s] - est[s][..., : refs[s].shape[-1]], rate)
+            errors = [est[s][..., : refs[s].shape[-1]] - refs[s] for s in names]
+            # with --exchange one STFT of all the errors gives their energies too (its diagonal)
+            cross = band_cross(errors, rate) if exchange else None
+            for i, s in enumerate(names):
+                err = cross[i, i] if cross is not None else band_energy(errors[i], rate)
                 out["error"][label][s] = out["error"][label].get(s, 0) + err
-            if exchange:
-                terms = exchange_terms({s: est[s][..., : refs[s].shape[-1]] - refs[s] for s in names}, rate)
-                for s, row in terms.items():
+            if cross is not None:
+                for s, row in exchange_terms(names, cross).items():
                     acc = out["exchange"][label].setdefault(s, {})
                     for x, e in row.items():
                         acc[x] = acc.get(x, 0) + e
