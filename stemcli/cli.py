@@ -288,13 +288,14 @@ def compare(result_a, result_b, metric, target, resamples, json_out) -> None:
     """Compare two `stemcli evaluate --json` results track by track (A - B).
 
     A and B are result files on the same tracks; FILE:default or FILE:baseline picks an entry of
-    a benchmarks/quality.py --json file.  Prints the medians, their difference with a paired
+    a benchmarks/quality.py --json file; FILE1,FILE2,... makes a side the per-track mean of several
+    results (the seeds of one recipe, say).  Prints the medians, their difference with a paired
     bootstrap interval, the mean and median of the per-track differences and the tracks A wins.
     """
     from stemcli import compare as cmp
 
     try:
-        a, b = cmp.load_result(result_a), cmp.load_result(result_b)
+        a, b = cmp.load_side(result_a), cmp.load_side(result_b)
         rows = cmp.compare(a, b, metric=metric, target=target, resamples=resamples)
     except ValueError as exc:
         raise _fail(exc) from None

@@ -20,6 +20,11 @@ beside the difference of the medians, track by track:
 Inputs are the results :func:`stemcli.evaluate.evaluate` returns or writes with ``--json``
 (``per_track[track][stem][metric]``), or the ``default`` / ``baseline`` entry of a
 ``benchmarks/quality.py --json`` file (:func:`load_result`).
+
+A side may also be the mean of several results on the same tracks (:func:`mean_result`), e.g.
+the runs of one recipe with different seeds: two runs of the same recipe differ by up to 0.17
+dB in the median per-track difference and by 0.6 dB in a difference of medians
+(export/README, session 31), so a comparison of single runs mostly measures the seeds.
 """
 
 from __future__ import annotations
@@ -97,6 +102,68 @@ def load_result(spec: str | Path) -> dict[str, Any]:
     kind = next((k for k in ("onnx", "torch") if k in files), None)
     tag = f", {kind} {files[kind][:12]}" if kind else ""
     return {**res, "label": f"{label} ({path.name}{':' + which if which else ''}{tag})"}
+
+
+def mean_result(results: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One result whose score for each track, stem and metric is the mean (in dB) of the given
+    results' scores: the per-track mean over the seeds of one recipe.  A NaN in any of them makes
+    the mean NaN (:func:`compare` then leaves that track out of the stem); ``inf`` stays ``inf``.
+
+    Args:
+        results: two or more results (as :func:`load_result` returns them) on the same tracks
+            and audio, with the same stems and metrics per track.
+
+    Returns:
+        ``{"label", "per_track", "stems", "tracks", "members"}``: no ``card`` (the mean is of
+        several models' files).
+
+    Raises:
+        ValueError: fewer than two results, other tracks or audio (:func:`paired_tracks`), or a
+        track whose stems or metrics differ between them.
+    """
+    from stemcli.evaluate import METRICS
+
+    if len(results) < 2:
+        raise ValueError(f"a mean needs two or more results, got {len(results)}")
+    first = results[0]
+    for other in results[1:]:
+        paired_tracks(first, other)
+    per_track: dict[str, dict[str, dict[str, Any]]] = {}
+    for track in sorted(first["per_track"]):
+        stems = [r["per_track"][track] for r in results]
+        if any(set(s) != set(stems[0]) for s in stems[1:]):
+            raise ValueError(f"track {track}: the results separated different stems "
+                             f"({' / '.join(','.join(sorted(s)) for s in stems)})")
+        per_track[track] = {}
+        for stem in stems[0]:
+            scores = [s[stem] for s in stems]
+            named = [set(METRICS) & set(m) for m in scores]  # the per-frame values ("frames") are not averaged
+            if any(n != named[0] for n in named[1:]):
+                raise ValueError(f"track {track}, stem {stem}: the results scored different metrics")
+            per_track[track][stem] = {
+                metric: float(np.mean([_score(r, f"result {i + 1}", m, track, stem, metric)
+                                       for i, (r, m) in enumerate(zip(results, scores))]))
+                for metric in sorted(named[0])}
+    labels = [str(r.get("label") or r.get("model") or f"result {i + 1}") for i, r in enumerate(results)]
+    return {"label": f"mean of {len(results)}: {' + '.join(labels)}", "per_track": per_track,
+            "stems": list(first.get("stems") or next(iter(first["per_track"].values()))),
+            "tracks": first.get("tracks") or [], "members": labels}
+
+
+def load_side(spec: str) -> dict[str, Any]:
+    """One side of a comparison: a result (:func:`load_result`), or ``FILE1,FILE2,...`` for the
+    per-track mean of several (:func:`mean_result`; each name may carry a ``:default`` or
+    ``:baseline`` entry).
+
+    Raises:
+        ValueError: as :func:`load_result` and :func:`mean_result`, or an empty name in the list.
+    """
+    parts = str(spec).split(",")
+    if len(parts) == 1:
+        return load_result(spec)
+    if any(not p.strip() for p in parts):
+        raise ValueError(f"{spec}: an empty file name in the list (FILE1,FILE2,... averages results)")
+    return mean_result([load_result(p.strip()) for p in parts])
 
 
 def card_files(res: Mapping[str, Any]) -> dict[str, str]:

@@ -188,3 +188,47 @@ def test_results_of_two_exports_under_one_name_are_told_apart(tmp_path: Path) ->
     res = runner.invoke(cli, ["compare", str(a), str(c), "--resamples", "0"])
     assert res.exit_code == 0 and note in res.stderr and note not in res.stdout
     assert note not in runner.invoke(cli, ["compare", str(a), str(b), "--resamples", "0"]).output
+
+
+def test_a_side_can_be_the_per_track_mean_of_several_results(tmp_path: Path) -> None:
+    """``A1,A2`` is the per-track mean of the two results (the seeds of one recipe): the
+    comparison of the means differs from either single result's, a NaN in one seed drops the
+    track, ``inf`` stays ``inf``; results on other tracks, with other stems or one alone are
+    refused, and the CLI takes the comma list on either side."""
+    a1 = result({"bass": [1.0, 2.0, 3.0, 4.0], "drums": [5.0, 5.0, 5.0, float("inf")]}, model="a1")
+    a2 = result({"bass": [3.0, 2.0, 1.0, None], "drums": [7.0, 7.0, 5.0, float("inf")]}, model="a2")
+    b1 = result({"bass": [0.0, 0.0, 0.0, 0.0], "drums": [6.0, 6.0, 6.0, 6.0]}, model="b1")
+    a1["per_track"]["t0"]["bass"]["frames"] = {"SDR": [0.5, 1.5]}  # evaluate's per-frame values: not averaged
+    mean = cmp.mean_result([a1, a2])
+    assert set(mean["per_track"]["t0"]["bass"]) == {"SDR", "SIR", "SAR", "ISR"}
+    assert [mean["per_track"][t]["bass"]["SDR"] for t in ("t0", "t1", "t2")] == [2.0, 2.0, 2.0]
+    assert np.isnan(mean["per_track"]["t3"]["bass"]["SDR"]) and mean["per_track"]["t3"]["drums"]["SDR"] == np.inf
+    assert mean["label"] == "mean of 2: a1 + a2" and "card" not in mean
+    rows = cmp.compare(mean, b1, resamples=0)
+    assert rows["bass"]["tracks"] == 3 and rows["bass"]["median_diff"] == 2.0 and rows["bass"]["won"] == 3
+    assert rows["drums"]["median_diff"] == 0.0 and rows["drums"]["won"] == 1  # means 6, 6, 5, inf against 6
+    assert cmp.compare(a1, b1, resamples=0)["drums"]["median_diff"] == -1.0  # single seed: a loss
+    files = [write_json(r, tmp_path / f"{r['model']}.json") for r in (a1, a2, b1)]
+    side = cmp.load_side(f"{files[0]},{files[1]}")
+    assert side["label"] == "mean of 2: a1 (a1.json) + a2 (a2.json)"
+    assert side["per_track"]["t0"]["drums"]["SDR"] == 6.0
+    with pytest.raises(ValueError, match="two or more results, got 1"):
+        cmp.mean_result([a1])
+    with pytest.raises(ValueError, match="not on the same tracks"):
+        cmp.mean_result([a1, result({"bass": [1.0, 2.0, 3.0], "drums": [1.0, 1.0, 1.0]})])
+    with pytest.raises(ValueError, match="track t0: the results separated different stems"):
+        cmp.mean_result([a1, result({"bass": [1.0, 2.0, 3.0, 4.0]})])
+    with pytest.raises(ValueError, match="track t1, stem bass: the results scored different metrics"):
+        cmp.mean_result([a1, {**a2, "per_track": {**a2["per_track"], "t1": {
+            "bass": {"SDR": 1.0}, "drums": a2["per_track"]["t1"]["drums"]}}}])
+    with pytest.raises(ValueError, match="an empty file name in the list"):
+        cmp.load_side(f"{files[0]},")
+    res = CliRunner().invoke(cli, ["compare", f"{files[0]},{files[1]}", str(files[2]), "--resamples", "0",
+                                   "--json", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    bass = next(x for x in res.output.splitlines() if x.startswith("bass")).split()
+    assert bass[1:4] == ["2.00", "0.00", "+2.00"] and bass[-1] == "3/3"
+    assert json.loads((tmp_path / "c.json").read_text())["a"] == "mean of 2: a1 (a1.json) + a2 (a2.json)"
+    bad = CliRunner().invoke(cli, ["compare", str(files[2]), f"{files[0]},{tmp_path / 'nope.json'}"])
+    assert bad.exit_code == 1 and "nope.json: cannot read evaluation results" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

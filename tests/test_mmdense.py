@@ -725,6 +725,46 @@ def test_wave_chain_applies_a_two_stem_network_per_correction_in_turn() -> None:
         MMDenseNet({**TINY, "wave": {"hidden": 0, "chain": True, "pair": ["drums", "other", "bass"]}})
 
 
+def test_wave_chain_networks_take_their_own_widths() -> None:
+    """``"hidden": [6, 2]`` with ``"chain"``: network 0 is 6 channels wide, network 1 is 2 (the
+    state dict's shapes say so), the chain still equals its networks in turn and its post graph
+    the torch corrections, and the stems sum to the mixture.  A list without ``chain``, of the
+    wrong length, or holding a zero, a bool or a non-integer is refused."""
+    from stemcli import wavepost
+
+    torch.manual_seed(10)
+    trio = ["drums", "other", "bass"]
+    model = MMDenseNet({**TINY_WAVE, "wave": {**TINY_WAVE["wave"], "hidden": [6, 2], "pair": trio,
+                                              "chain": True}}).eval()
+    w = model.wave
+    assert [s.inp.out_channels for s in w.steps] == [6, 2]
+    assert [s.blocks[0].weight.shape[0] for s in w.steps] == [6, 2]
+    sd = model.state_dict()
+    assert sd["wave.steps.0.out.weight"].shape == (2, 6, 1) and sd["wave.steps.1.out.weight"].shape == (2, 2, 1)
+    for p in w.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    est = torch.randn(1, 4, 2, 2400)  # 300 x 8
+    mix = est.sum(dim=1)
+    with torch.no_grad():
+        got = w(mix, est)
+        ref = w.steps[1](mix, w.steps[0](mix, est))
+        torch.testing.assert_close(got, ref, atol=2e-6, rtol=0)
+        torch.testing.assert_close(got.sum(dim=1), mix, atol=1e-5, rtol=0)
+        stems = [est[:, k] for k in (1, 3, 2)]
+        blocks = torch.from_numpy(wavepost.blocks([mix.numpy(), *(s.numpy() for s in stems)], 8))
+        torch.testing.assert_close(model.post_net()(blocks)[..., :2400], w.delta(mix, *stems), atol=2e-6, rtol=0)
+    for bad, msg in [({"hidden": [6, 2], "pair": trio}, r"gives each network of a chain its width; it needs "
+                      r"wave.chain true"),
+                     ({"hidden": [6, 2, 2], "pair": trio, "chain": True}, r"needs one width per network of the "
+                      r"chain: 2 for the pair"),
+                     ({"hidden": [6, 0], "pair": trio, "chain": True}, r"a list of integers >= 1, got \[6, 0\]"),
+                     ({"hidden": [6, True], "pair": trio, "chain": True}, r"a list of integers >= 1"),
+                     ({"hidden": [6, 2.0], "pair": trio, "chain": True}, r"a list of integers >= 1"),
+                     ({"hidden": [], "pair": trio, "chain": True}, r"a list of integers >= 1, got \[\]")]:
+        with pytest.raises(ValueError, match=msg):
+            MMDenseNet({**TINY_WAVE, "wave": {**TINY_WAVE["wave"], **bad}})
+
+
 def test_wave_chain_of_four_stems_updates_the_last_stem_after_each_network() -> None:
     """[vocals, drums, other, bass] in a chain: three networks, each seeing the bass all the
     networks before it left; the whole equals them applied in turn (a length that is a multiple

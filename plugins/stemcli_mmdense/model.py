@@ -44,7 +44,8 @@ low-band waveform between two stems (drums and bass by default; ``"pair"`` may n
 the inverse STFT; its resampling and convolutions are exported as a second graph
 (:meth:`MMDenseNet.post_net`), which the runtime runs after the inverse STFT
 (:mod:`stemcli.wavepost`).  ``"chain": true`` makes the corrections of a longer pair a chain of
-two-stem networks (:class:`WaveChain`), exported as the same single post graph.
+two-stem networks (:class:`WaveChain`; ``"hidden"`` may then list one width per network),
+exported as the same single post graph.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # ("mask_loss": W > 0 also trains the masks' own stems, before the correction, with weight W
     # against the corrected stems' 1: see MMDenseNet.training_estimates)
     # ("chain": true: one two-stem network per correction, applied in turn, each seeing the last
-    # stem as the ones before it left it: see WaveChain)
+    # stem as the ones before it left it: see WaveChain; "hidden" may then be a list, one width
+    # per network, e.g. [32, 16])
     "wave": {"hidden": 0, "pair": ["drums", "bass"], "decimate": 32, "layers": 7, "kernel": 5, "groups": 1,
              "mask_loss": 0.0, "chain": False},
 }
@@ -431,17 +433,25 @@ class WaveChain(nn.Module):
     samples ``[time, L * D)``, where a corrected stem cut to ``time`` would hold zeros; with
     ``time`` a multiple of ``D`` the chain equals its networks applied one after the other.
 
+    ``hidden`` is one width for every network or a tuple of ``K - 1`` widths, network ``k``
+    taking the ``k``-th (e.g. ``(32, 16)``: the shipped model's 32-wide drums/bass correction
+    followed by a 16-wide bass/other one).
+
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
     time)]``; output ``est`` with the pair corrected (a new tensor).
     """
 
-    def __init__(self, channels: int, pair: tuple[int, ...], decimate: int, hidden: int, layers: int,
-                 kernel: int) -> None:
+    def __init__(self, channels: int, pair: tuple[int, ...], decimate: int, hidden: int | tuple[int, ...],
+                 layers: int, kernel: int) -> None:
         super().__init__()
         if len(pair) < 3 or len(set(pair)) != len(pair):
             raise ValueError(f"WaveChain: pair must hold three or more different stems, got {pair}")
+        widths = (hidden,) * (len(pair) - 1) if isinstance(hidden, int) else tuple(hidden)
+        if len(widths) != len(pair) - 1 or any(not isinstance(h, int) or h < 1 for h in widths):
+            raise ValueError(f"WaveChain: hidden must be one width >= 1 or one per network ({len(pair) - 1}), "
+                             f"got {hidden!r}")
         self.pair, self.decimate = tuple(pair), decimate
-        self.steps = nn.ModuleList(WaveCorrection(channels, (pair[k], pair[-1]), decimate, hidden, layers, kernel)
+        self.steps = nn.ModuleList(WaveCorrection(channels, (pair[k], pair[-1]), decimate, widths[k], layers, kernel)
                                    for k in range(len(pair) - 1))
 
     def corrections(self, low: torch.Tensor, as_2d: bool = False) -> torch.Tensor:
@@ -667,11 +677,23 @@ class MMDenseNet(nn.Module):
                 raise ValueError(f"mmdense config: wave.{key} must be an integer >= {low}, got {v!r}")
             return v
 
-        hidden, decimate, layers, kernel = _int("hidden", 0), _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
-        groups = _int("groups", 1)
         chain = wave.get("chain")
         if not isinstance(chain, bool):
             raise ValueError(f"mmdense config: wave.chain must be true or false, got {chain!r}")
+        widths = wave.get("hidden")
+        if isinstance(widths, (list, tuple)):  # a chain's networks, one width each
+            if not chain:
+                raise ValueError(f"mmdense config: wave.hidden={list(widths)} gives each network of a chain its "
+                                 "width; it needs wave.chain true (else one integer)")
+            if not widths or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in widths):
+                raise ValueError(f"mmdense config: wave.hidden must be an integer >= 0 or a list of integers >= 1, "
+                                 f"got {list(widths)!r}")
+            widths, hidden = tuple(widths), widths[0]
+        else:
+            hidden = _int("hidden", 0)
+            widths = hidden
+        decimate, layers, kernel = _int("decimate", 1), _int("layers", 0), _int("kernel", 1)
+        groups = _int("groups", 1)
         if chain and groups != 1:
             raise ValueError(f"mmdense config: wave.chain gives each correction its own network already; "
                              f"wave.groups must be 1 with it, got {groups}")
@@ -707,7 +729,10 @@ class MMDenseNet(nn.Module):
             raise ValueError(f"mmdense config: wave.chain needs three or more stems in wave.pair (two make one "
                              f"correction, the plain branch), got {pair!r}")
         if chain:
-            return WaveChain(self.n_ch, idx, decimate, hidden, layers, kernel)
+            if isinstance(widths, tuple) and len(widths) != len(pair) - 1:
+                raise ValueError(f"mmdense config: wave.hidden={list(widths)} needs one width per network of the "
+                                 f"chain: {len(pair) - 1} for the pair {pair}")
+            return WaveChain(self.n_ch, idx, decimate, widths, layers, kernel)
         return WaveCorrection(self.n_ch, idx, decimate, hidden, layers, kernel, groups)
 
     def logits(self, mag: torch.Tensor) -> torch.Tensor:
