@@ -107,63 +107,87 @@ def load_result(spec: str | Path) -> dict[str, Any]:
 def mean_result(results: list[Mapping[str, Any]]) -> dict[str, Any]:
     """One result whose score for each track, stem and metric is the mean (in dB) of the given
     results' scores: the per-track mean over the seeds of one recipe.  A NaN in any of them makes
-    the mean NaN (:func:`compare` then leaves that track out of the stem); ``inf`` stays ``inf``.
+    the mean NaN (:func:`compare` then leaves that track out of the stem); ``inf`` with finite
+    scores stays ``inf``, ``inf`` with ``-inf`` gives NaN.  The per-frame values of
+    ``stemcli evaluate`` (``frames``) are not carried over.
 
     Args:
         results: two or more results (as :func:`load_result` returns them) on the same tracks
             and audio, with the same stems and metrics per track.
 
     Returns:
-        ``{"label", "per_track", "stems", "tracks", "members"}``: no ``card`` (the mean is of
-        several models' files).
+        ``{"label", "per_track", "stems", "tracks", "members"}``, ``tracks`` holding every
+        mixture sha256 any of them recorded; no ``card`` (the mean is of several models' files).
 
     Raises:
-        ValueError: fewer than two results, other tracks or audio (:func:`paired_tracks`), or a
-        track whose stems or metrics differ between them.
+        ValueError: fewer than two results, other tracks (:func:`paired_tracks`), a track whose
+        mixture sha256 differs between any two of them, or a track whose stems or metrics
+        differ (naming the results).
     """
     from stemcli.evaluate import METRICS
 
     if len(results) < 2:
         raise ValueError(f"a mean needs two or more results, got {len(results)}")
+    labels = [str(r.get("label") or r.get("model") or f"result {i + 1}") for i, r in enumerate(results)]
     first = results[0]
     for other in results[1:]:
         paired_tracks(first, other)
+    shas: dict[str, str] = {}
+    for label, r in zip(labels, results):
+        for track, sha in _fingerprints(r).items():
+            if shas.setdefault(track, sha) != sha:
+                raise ValueError(f"track {track} was scored on different audio in the averaged results (mixture "
+                                 f"sha256 of {label} differs from an earlier one's)")
     per_track: dict[str, dict[str, dict[str, Any]]] = {}
     for track in sorted(first["per_track"]):
         stems = [r["per_track"][track] for r in results]
-        if any(set(s) != set(stems[0]) for s in stems[1:]):
-            raise ValueError(f"track {track}: the results separated different stems "
-                             f"({' / '.join(','.join(sorted(s)) for s in stems)})")
+        if any(set(x) != set(stems[0]) for x in stems[1:]):
+            raise ValueError(f"track {track}: the averaged results separated different stems ("
+                             + "; ".join(f"{lab}: {','.join(sorted(x))}" for lab, x in zip(labels, stems)) + ")")
         per_track[track] = {}
         for stem in stems[0]:
-            scores = [s[stem] for s in stems]
+            scores = [x[stem] for x in stems]
             named = [set(METRICS) & set(m) for m in scores]  # the per-frame values ("frames") are not averaged
             if any(n != named[0] for n in named[1:]):
-                raise ValueError(f"track {track}, stem {stem}: the results scored different metrics")
-            per_track[track][stem] = {
-                metric: float(np.mean([_score(r, f"result {i + 1}", m, track, stem, metric)
-                                       for i, (r, m) in enumerate(zip(results, scores))]))
-                for metric in sorted(named[0])}
-    labels = [str(r.get("label") or r.get("model") or f"result {i + 1}") for i, r in enumerate(results)]
+                raise ValueError(f"track {track}, stem {stem}: the averaged results scored different metrics ("
+                                 + "; ".join(f"{lab}: {','.join(sorted(n)) or 'none'}" for lab, n in zip(labels, named))
+                                 + ")")
+            with np.errstate(invalid="ignore"):  # inf with -inf: NaN, as documented
+                per_track[track][stem] = {
+                    metric: float(np.mean([_score(r, lab, m, track, stem, metric)
+                                           for lab, r, m in zip(labels, results, scores)]))
+                    for metric in sorted(named[0])}
+    tracks = [{"name": t, **({"mixture_sha256": shas[t]} if t in shas else {})} for t in sorted(first["per_track"])]
     return {"label": f"mean of {len(results)}: {' + '.join(labels)}", "per_track": per_track,
             "stems": list(first.get("stems") or next(iter(first["per_track"].values()))),
-            "tracks": first.get("tracks") or [], "members": labels}
+            "tracks": tracks, "members": labels}
 
 
 def load_side(spec: str) -> dict[str, Any]:
     """One side of a comparison: a result (:func:`load_result`), or ``FILE1,FILE2,...`` for the
     per-track mean of several (:func:`mean_result`; each name may carry a ``:default`` or
-    ``:baseline`` entry).
+    ``:baseline`` entry).  A name that exists as a file (or is one with an entry) is read as one
+    result even if it holds a comma; a name in a list cannot hold one.
 
     Raises:
-        ValueError: as :func:`load_result` and :func:`mean_result`, or an empty name in the list.
+        ValueError: as :func:`load_result` and :func:`mean_result`, an empty name in the list,
+        or one file (and entry) named twice (it would count one seed twice).
     """
-    parts = str(spec).split(",")
-    if len(parts) == 1:
-        return load_result(spec)
-    if any(not p.strip() for p in parts):
-        raise ValueError(f"{spec}: an empty file name in the list (FILE1,FILE2,... averages results)")
-    return mean_result([load_result(p.strip()) for p in parts])
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if "," not in text or Path(text).is_file() or (sep and tail in SELECTORS and Path(head).is_file()):
+        return load_result(text)
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise ValueError(f"{text}: an empty file name in the list (FILE1,FILE2,... averages results)")
+    seen: dict[str, str] = {}
+    for p in parts:
+        h, sp, t = p.rpartition(":")
+        key = str(Path(h).resolve()) + ":" + t if sp and t in SELECTORS else str(Path(p).resolve())
+        if key in seen:
+            raise ValueError(f"{p}: named twice in {text} (as {seen[key]}): the mean would count one result twice")
+        seen[key] = p
+    return mean_result([load_result(p) for p in parts])
 
 
 def card_files(res: Mapping[str, Any]) -> dict[str, str]:

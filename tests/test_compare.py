@@ -216,9 +216,9 @@ def test_a_side_can_be_the_per_track_mean_of_several_results(tmp_path: Path) -> 
         cmp.mean_result([a1])
     with pytest.raises(ValueError, match="not on the same tracks"):
         cmp.mean_result([a1, result({"bass": [1.0, 2.0, 3.0], "drums": [1.0, 1.0, 1.0]})])
-    with pytest.raises(ValueError, match="track t0: the results separated different stems"):
+    with pytest.raises(ValueError, match="track t0: the averaged results separated different stems"):
         cmp.mean_result([a1, result({"bass": [1.0, 2.0, 3.0, 4.0]})])
-    with pytest.raises(ValueError, match="track t1, stem bass: the results scored different metrics"):
+    with pytest.raises(ValueError, match="track t1, stem bass: the averaged results scored different metrics"):
         cmp.mean_result([a1, {**a2, "per_track": {**a2["per_track"], "t1": {
             "bass": {"SDR": 1.0}, "drums": a2["per_track"]["t1"]["drums"]}}}])
     with pytest.raises(ValueError, match="an empty file name in the list"):
@@ -232,3 +232,45 @@ def test_a_side_can_be_the_per_track_mean_of_several_results(tmp_path: Path) -> 
     bad = CliRunner().invoke(cli, ["compare", str(files[2]), f"{files[0]},{tmp_path / 'nope.json'}"])
     assert bad.exit_code == 1 and "nope.json: cannot read evaluation results" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_the_mean_of_three_is_a_mean_of_every_metric_on_the_same_audio(tmp_path: Path) -> None:
+    """Three results (a mean, not a median: 0, 0, 3 -> 1; every metric averaged on its own),
+    the mixtures' sha256 checked across all of them (and carried to the comparison with B),
+    errors naming the result at fault, a file named twice refused, a file name with a comma read
+    as one file."""
+    sha = {"t0": "aa", "t1": "bb"}
+    rs = []
+    for k, (sdr, sir) in enumerate([([0.0, 1.0], [1.0, 2.0]), ([0.0, 2.0], [2.0, 4.0]), ([3.0, 6.0], [6.0, 0.0])]):
+        r = result({"bass": sdr}, model=f"s{k}", sha=sha if k == 2 else None)  # only the third recorded the audio
+        for i, t in enumerate(("t0", "t1")):
+            r["per_track"][t]["bass"].update(SIR=sir[i], SAR=10.0 * k, ISR=-float(k))
+        rs.append(r)
+    mean = cmp.mean_result(rs)
+    assert mean["per_track"]["t0"]["bass"] == {"SDR": 1.0, "SIR": 3.0, "SAR": 10.0, "ISR": -1.0}
+    assert mean["per_track"]["t1"]["bass"] == {"SDR": 3.0, "SIR": 2.0, "SAR": 10.0, "ISR": -1.0}
+    assert mean["tracks"] == [{"name": "t0", "mixture_sha256": "aa"}, {"name": "t1", "mixture_sha256": "bb"}]
+    b = result({"bass": [0.0, 0.0]}, sha={"t0": "aa", "t1": "cc"})  # other audio on t1
+    with pytest.raises(ValueError, match="track t1 was scored on different audio"):
+        cmp.compare(mean, b, resamples=0)
+    assert cmp.compare(mean, result({"bass": [0.0, 0.0]}), metric="SIR", resamples=0)["bass"]["a"] == 2.5
+    odd = result({"bass": [0.0, 0.0]}, model="odd", sha={"t0": "aa", "t1": "dd"})
+    with pytest.raises(ValueError, match=r"track t1 was scored on different audio in the averaged results \(mixture "
+                                         r"sha256 of odd differs"):
+        cmp.mean_result([*rs, odd])
+    fewer = result({"bass": [0.0, 0.0]}, model="fewer")
+    for t in ("t0", "t1"):
+        del fewer["per_track"][t]["bass"]["ISR"]
+    with pytest.raises(ValueError, match=r"track t0, stem bass: the averaged results scored different metrics "
+                                         r"\(s0: ISR,SAR,SDR,SIR; fewer: SAR,SDR,SIR\)"):
+        cmp.mean_result([rs[0], fewer])
+    with pytest.raises(ValueError, match=r"track t0: the averaged results separated different stems \(s0: bass; "
+                                         r"two: bass,drums\)"):
+        cmp.mean_result([rs[0], result({"bass": [0.0, 0.0], "drums": [0.0, 0.0]}, model="two")])
+    files = [write_json(r, tmp_path / f"{r['model']}.json") for r in rs]
+    comma = write_json(rs[0], tmp_path / "seed,0.json")
+    assert cmp.load_side(str(comma))["label"] == "s0 (seed,0.json)"  # an existing file: one result
+    with pytest.raises(ValueError, match=r"s0.json: named twice in .* the mean would count one result twice"):
+        cmp.load_side(f"{files[0]},{files[1]},{tmp_path / '.' / 's0.json'}")
+    side = cmp.load_side(",".join(str(f) for f in files))
+    assert side["per_track"]["t0"]["bass"]["SDR"] == 1.0 and len(side["members"]) == 3

@@ -434,8 +434,8 @@ class WaveChain(nn.Module):
     ``time`` a multiple of ``D`` the chain equals its networks applied one after the other.
 
     ``hidden`` is one width for every network or a tuple of ``K - 1`` widths, network ``k``
-    taking the ``k``-th (e.g. ``(32, 16)``: the shipped model's 32-wide drums/bass correction
-    followed by a 16-wide bass/other one).
+    taking the ``k``-th (e.g. ``(32, 16)``, the candidate ``mmdense40``'s: a 32-wide drums/bass
+    network as in the shipped model's plain branch, then a 16-wide other/bass one).
 
     Input: ``mix [shape=(batch, channels, time)]`` and ``est [shape=(batch, sources, channels,
     time)]``; output ``est`` with the pair corrected (a new tensor).
@@ -447,7 +447,7 @@ class WaveChain(nn.Module):
         if len(pair) < 3 or len(set(pair)) != len(pair):
             raise ValueError(f"WaveChain: pair must hold three or more different stems, got {pair}")
         widths = (hidden,) * (len(pair) - 1) if isinstance(hidden, int) else tuple(hidden)
-        if len(widths) != len(pair) - 1 or any(not isinstance(h, int) or h < 1 for h in widths):
+        if len(widths) != len(pair) - 1 or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in widths):
             raise ValueError(f"WaveChain: hidden must be one width >= 1 or one per network ({len(pair) - 1}), "
                              f"got {hidden!r}")
         self.pair, self.decimate = tuple(pair), decimate
@@ -658,8 +658,10 @@ class MMDenseNet(nn.Module):
                 the branch out), a field of the wrong type or range, a pair that is not two
                 or more different sources of the model, ``groups`` not dividing ``hidden``
                 and the number of corrections (or not 1 with ``chain``), a ``chain`` that is not a
-                boolean or has fewer than three stems in the pair, or a ``mask_loss`` or a
-                ``chain`` without a branch.
+                boolean or has fewer than three stems in the pair, a ``mask_loss`` or a
+                ``chain`` without a branch, or a list of widths in ``hidden`` without
+                ``chain``, of another length than the chain's networks, or holding anything
+                but integers >= 1.
         """
         if given is None:
             given = {}
