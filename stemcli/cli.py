@@ -289,8 +289,9 @@ def compare(result_a, result_b, metric, target, resamples, json_out) -> None:
 
     A and B are result files on the same tracks; FILE:default or FILE:baseline picks an entry of
     a benchmarks/quality.py --json file; FILE1,FILE2,... makes a side the per-track mean of several
-    results (the seeds of one recipe, say; a name in such a list cannot hold a comma).  Prints the medians, their difference with a paired
-    bootstrap interval, the mean and median of the per-track differences and the tracks A wins.
+    results (the seeds of one recipe, say; a name in such a list cannot hold a comma).  Prints the
+    medians, their difference with a paired bootstrap interval, the mean and median of the
+    per-track differences and the tracks A wins.
     """
     from stemcli import compare as cmp
 

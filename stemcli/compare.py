@@ -22,9 +22,9 @@ Inputs are the results :func:`stemcli.evaluate.evaluate` returns or writes with 
 ``benchmarks/quality.py --json`` file (:func:`load_result`).
 
 A side may also be the mean of several results on the same tracks (:func:`mean_result`), e.g.
-the runs of one recipe with different seeds: two runs of the same recipe differ by up to 0.17
-dB in the median per-track difference and by 0.6 dB in a difference of medians
-(export/README, session 31), so a comparison of single runs mostly measures the seeds.
+the runs of one recipe with different seeds: two runs of the same recipe differed by up to 0.22
+dB in the median per-track difference and by 0.6 dB in a difference of medians (export/README,
+sessions 31-32), so a comparison of single runs can measure the seeds more than the recipes.
 """
 
 from __future__ import annotations
