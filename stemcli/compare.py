@@ -63,6 +63,12 @@ def _score(res: Mapping[str, Any], side: str, scores: Mapping[str, Any], track: 
         raise ValueError(f"{where}: {exc}") from None
 
 
+def _entry(text: str) -> tuple[Path, str | None]:
+    """``FILE:default`` / ``FILE:baseline`` -> (FILE, the entry); anything else -> (the path, None)."""
+    head, sep, tail = text.rpartition(":")
+    return (Path(head), tail) if sep and tail in SELECTORS else (Path(text), None)
+
+
 def load_result(spec: str | Path) -> dict[str, Any]:
     """An evaluation result from a JSON file: ``stemcli evaluate --json`` output, or one entry of
     a ``benchmarks/quality.py --json`` file, named ``FILE:default`` (the default when the file is
@@ -72,11 +78,9 @@ def load_result(spec: str | Path) -> dict[str, Any]:
         ValueError: naming the file: unreadable, no per-track scores, unknown entry.
     """
     text = str(spec)
-    path, which = Path(text), None
+    path, which = _entry(text)
     head, sep, tail = text.rpartition(":")
-    if sep and tail in SELECTORS:
-        path, which = Path(head), tail
-    elif sep and not path.exists() and Path(head).is_file():
+    if which is None and sep and not path.exists() and Path(head).is_file():
         raise ValueError(f"{head}: unknown entry ':{tail}' (choose :{' or :'.join(SELECTORS)})")
     try:
         doc = json.loads(path.read_text())
@@ -130,14 +134,14 @@ def mean_result(results: list[Mapping[str, Any]]) -> dict[str, Any]:
         raise ValueError(f"a mean needs two or more results, got {len(results)}")
     labels = [str(r.get("label") or r.get("model") or f"result {i + 1}") for i, r in enumerate(results)]
     first = results[0]
-    for other in results[1:]:
-        paired_tracks(first, other)
     shas: dict[str, str] = {}
     for label, r in zip(labels, results):
         for track, sha in _fingerprints(r).items():
             if shas.setdefault(track, sha) != sha:
                 raise ValueError(f"track {track} was scored on different audio in the averaged results (mixture "
                                  f"sha256 of {label} differs from an earlier one's)")
+    for other in results[1:]:
+        paired_tracks(first, other)  # the same track names (the audio is checked above, over all of them)
     per_track: dict[str, dict[str, dict[str, Any]]] = {}
     for track in sorted(first["per_track"]):
         stems = [r["per_track"][track] for r in results]
@@ -174,16 +178,15 @@ def load_side(spec: str) -> dict[str, Any]:
         or one file (and entry) named twice (it would count one seed twice).
     """
     text = str(spec)
-    head, sep, tail = text.rpartition(":")
-    if "," not in text or Path(text).is_file() or (sep and tail in SELECTORS and Path(head).is_file()):
+    if "," not in text or Path(text).is_file() or _entry(text)[0].is_file():
         return load_result(text)
     parts = [p.strip() for p in text.split(",")]
     if any(not p for p in parts):
         raise ValueError(f"{text}: an empty file name in the list (FILE1,FILE2,... averages results)")
     seen: dict[str, str] = {}
     for p in parts:
-        h, sp, t = p.rpartition(":")
-        key = str(Path(h).resolve()) + ":" + t if sp and t in SELECTORS else str(Path(p).resolve())
+        path, which = _entry(p)
+        key = f"{path.resolve()}:{which or ''}"
         if key in seen:
             raise ValueError(f"{p}: named twice in {text} (as {seen[key]}): the mean would count one result twice")
         seen[key] = p
