@@ -192,8 +192,11 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, splits, jobs, overwrit
 @click.option("--ema", type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True), default=None,
               help="Keep an exponential moving average of the weights with this decay (e.g. 0.999); validation "
                    "and best.pt use it.  [default: none]")
+@click.option("--coherent", type=click.FloatRange(min=0.0, max=1.0), default=None, metavar="P",
+              help="Share of training examples that keep one song's alignment (every stem from the same "
+                   "start) instead of an independent excerpt per stem.  [default: 0]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
-          loss_weight, precision, ema) -> None:
+          loss_weight, precision, ema, coherent) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""
     from stemcli.train.loop import parse_loss_weights, read_config_overrides
     from stemcli.train.loop import train as train_run
@@ -205,7 +208,8 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
         weights = parse_loss_weights(loss_weight) if loss_weight else None
         train_run(plugin, data, out, steps=steps, minutes=minutes, batch=batch, resume=resume, seconds=seconds,
                   threads=threads, seed=seed, lr=lr, val_every=val_every, config=overrides,
-                  loss_weights=weights, precision=precision, ema=ema, log=lambda m: click.echo(m, err=True))
+                  loss_weights=weights, precision=precision, ema=ema, coherent=coherent,
+                  log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
 

@@ -178,6 +178,85 @@ def test_silent_excerpts_are_redrawn(tmp_path):
     assert silent_vocals < 60 * 0.2
 
 
+def _ramp_dataset(root: Path, tracks: int = 3, frames: int = SR) -> None:
+    """Every stem of track t is the same strictly positive ramp ``1 + t + i / frames`` (both
+    channels): a stem's excerpt divided by its first sample names its track and start."""
+    for t in range(tracks):
+        ramp = (1.0 + t + np.arange(frames) / frames).astype(np.float32)
+        for s in STEMS:
+            _write(root / "train" / f"t{t}" / f"{s}.wav", np.stack([ramp, ramp]))
+
+
+def _coherent(stems: np.ndarray) -> bool:
+    """Whether every stem is the same excerpt (same track, same start) up to its gain."""
+    shapes = stems[:, 0] / stems[:, 0, :1]
+    return bool(np.allclose(shapes, shapes[:1], rtol=0, atol=1e-6))
+
+
+def test_coherent_examples_keep_one_start_and_their_own_gains(tmp_path):
+    _ramp_dataset(tmp_path)
+    ds = StemDataset(tmp_path, "train", STEMS, seconds=0.1, sample_rate=SR, coherent_prob=1.0)
+    rng = np.random.default_rng(0)
+    signs, shapes, distinct_gains = set(), set(), 0
+    for _ in range(30):
+        mix, stems = ds.sample(rng)
+        np.testing.assert_allclose(mix, stems.sum(0), atol=1e-6)
+        assert _coherent(stems)
+        first = stems[:, 0, 0]  # gain_k x the same ramp sample
+        distinct_gains += len(set(np.round(np.abs(first), 5).tolist())) == len(STEMS)
+        signs.update(np.sign(first).tolist())
+        shapes.add(round(float(stems[0, 0, -1] / stems[0, 0, 0]), 6))  # names the track and start
+    assert distinct_gains == 30 and signs == {-1.0, 1.0}  # gain and polarity still drawn per stem
+    assert len(shapes) > 20  # and the track and start per example
+
+
+@pytest.mark.parametrize("prob, low, high", [(0.0, 0, 0), (0.5, 60, 140), (1.0, 200, 200)])
+def test_coherent_share_follows_the_probability(tmp_path, prob, low, high):
+    _ramp_dataset(tmp_path)
+    ds = StemDataset(tmp_path, "train", STEMS, seconds=0.1, sample_rate=SR, remix_prob=0.5, coherent_prob=prob)
+    rng = np.random.default_rng(1)
+    count = sum(_coherent(ds.sample(rng)[1]) for _ in range(200))
+    assert low <= count <= high
+
+
+def test_coherent_zero_draws_what_the_sampler_drew_before_the_option(tmp_path):
+    """coherent_prob=0 takes no random number of its own, so runs without the option (every
+    shipped model) sample exactly what they sampled before it; these values are the sampler's
+    output before the option existed (commit 5eab7e6), same data and seed."""
+    _ramp_dataset(tmp_path)
+    rng = np.random.default_rng(7)
+    ds = StemDataset(tmp_path, "train", STEMS, seconds=0.1, sample_rate=SR, coherent_prob=0.0)
+    before = [([-3.654133, 4.093565, -0.660054, 4.048499], [-3.756574, 4.200554, -0.710478, 4.172893]),
+              ([-3.243688, 1.535635, -1.114247, -1.102691], [-3.329834, 1.607166, -1.163936, -1.147695]),
+              ([3.93398, -2.222311, 1.559717, 1.416107], [4.046872, -2.321364, 1.620767, 1.456077])]
+    for first, last in before:
+        stems = ds.sample(rng)[1]
+        np.testing.assert_allclose(stems[:, 0, 0], first, atol=2e-6)
+        np.testing.assert_allclose(stems[:, 1, -1], last, atol=2e-6)
+    assert rng.random() == pytest.approx(0.9787478844112216)  # and no more random numbers
+
+
+def test_coherent_example_keeps_a_silent_stem_silent(tmp_path):
+    frames = 2 * SR
+    ramp = (1.0 + np.arange(frames) / frames).astype(np.float32)
+    late = np.where(np.arange(frames) >= frames // 2, 0.1, 0.0).astype(np.float32)  # drums from halfway
+    _write(tmp_path / "train" / "t0" / "vocals.wav", np.stack([ramp, ramp]))
+    _write(tmp_path / "train" / "t0" / "drums.wav", np.stack([late, late]))
+    ds = StemDataset(tmp_path, "train", ("vocals", "drums"), seconds=0.2, sample_rate=SR, coherent_prob=1.0)
+    n = ds.frames
+    rng = np.random.default_rng(2)
+    silent = 0
+    for _ in range(60):
+        _, stems = ds.sample(rng)
+        # the start s from the vocals' ramp, gain cancelled: r = (F + s + n - 1) / (F + s)
+        r = float(stems[0, 0, -1] / stems[0, 0, 0])
+        start = round((frames * (1 - r) + n - 1) / (r - 1))
+        drums_silent = not np.abs(stems[1]).max() > 0
+        assert drums_silent == (start + n <= frames // 2)  # silent exactly where the song's drums are
+        silent += drums_silent
+    assert 10 < silent < 50  # not re-drawn: a coherent example keeps the song's silence
+
+
 def test_fixed_excerpts_are_deterministic(musdb):
     root, _ = musdb
     ds = StemDataset(root, "train", STEMS, seconds=0.5, sample_rate=SR)

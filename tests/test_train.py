@@ -55,6 +55,13 @@ def _run(data: Path, out: Path, steps: int, resume: bool = False, log=lambda s: 
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def _hand_edit(run: Path, key: str, value: object) -> None:
+    """Set ``hyperparameters[key]`` in a run's config.json, as a user editing the file would."""
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["hyperparameters"][key] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
 def test_twenty_steps_lower_the_loss(tiny_musdb: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     log = _run(tiny_musdb, out, 20)
@@ -486,9 +493,7 @@ def test_ema_scores_and_saves_the_average_and_resumes_exactly(tiny_musdb: Path, 
         train("mmdense", tiny_musdb, plain, steps=3, resume=True, ema=0.9, **kw)
     with pytest.raises(ValueError, match="ema decay must be in"):
         train("mmdense", tiny_musdb, tmp_path / "bad", steps=1, ema=1.5, **kw)
-    cfg = json.loads((straight / "config.json").read_text())  # a hand-edited setting is checked
-    cfg["hyperparameters"]["ema"] = "0.99"
-    (straight / "config.json").write_text(json.dumps(cfg))
+    _hand_edit(straight, "ema", "0.99")  # a hand-edited setting is checked
     with pytest.raises(ValueError, match=r"config.json: hyperparameters.ema must be a number in \(0, 1\), got '0.99'"):
         train("mmdense", tiny_musdb, straight, steps=9, resume=True, **kw)
 
@@ -690,3 +695,63 @@ def test_finetune_wave_trains_the_branch_alone(tiny_musdb: Path, tmp_path: Path)
     plain.write_text("{}")
     assert mod.main(["--run", str(base), "--config", str(plain), "--data", str(tiny_musdb), "--minutes", "0.01",
                      "--out", str(tmp_path / "x")]) == 1
+
+
+def test_coherent_reaches_the_sampler_and_is_recorded_and_enforced(tiny_musdb: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``coherent`` is the training set's ``coherent_prob`` (never the validation set's), is stored
+    in the run's config, kept on resume, and a different value on resume is an error naming it."""
+    import stemcli.train.loop as loop
+
+    seen: list[tuple[bool, float]] = []
+    real = loop.StemDataset
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["augment"], kwargs.get("coherent_prob", 0.0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "StemDataset", spy)
+    kw = dict(batch=2, seconds=0.5, threads=1, val_every=100, val_excerpts=1, val_seconds=0.5, config=TINY,
+              log=lambda m: None)
+    run = tmp_path / "run"
+    train("mmdense", tiny_musdb, run, steps=1, coherent=0.5, **kw)
+    assert seen == [(True, 0.5), (False, 0.0)]
+    assert json.loads((run / "config.json").read_text())["hyperparameters"]["coherent"] == 0.5
+    seen.clear()
+    train("mmdense", tiny_musdb, run, steps=2, resume=True, **kw)  # kept without the option
+    assert seen == [(True, 0.5), (False, 0.0)]
+    with pytest.raises(ValueError, match=r"config.json: the run was trained with --coherent 0.5, not 0.25; "
+                                         r"resume without --coherent"):
+        train("mmdense", tiny_musdb, run, steps=3, resume=True, coherent=0.25, **kw)
+    plain = tmp_path / "plain"
+    seen.clear()
+    train("mmdense", tiny_musdb, plain, steps=1, **kw)
+    assert seen == [(True, 0.0), (False, 0.0)]
+    assert "coherent" not in json.loads((plain / "config.json").read_text())["hyperparameters"]  # as before
+    with pytest.raises(ValueError, match=r"trained with --coherent 0, not 1"):
+        train("mmdense", tiny_musdb, plain, steps=2, resume=True, coherent=1.0, **kw)
+    with pytest.raises(ValueError, match=r"coherent must be in \[0, 1\], got 1.5"):
+        train("mmdense", tiny_musdb, tmp_path / "bad", steps=1, coherent=1.5, **kw)
+    _hand_edit(run, "coherent", "0.5")  # a hand-edited setting is checked
+    with pytest.raises(ValueError, match=r"hyperparameters.coherent must be a number in \[0, 1\], got '0.5'"):
+        train("mmdense", tiny_musdb, run, steps=3, resume=True, **kw)
+
+
+def test_cli_train_coherent_passes_through_and_is_range_checked(tiny_musdb: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import stemcli.train.loop as loop
+    from stemcli.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"),
+                                   "--steps", "1", "--coherent", "1.5"])
+    assert res.exit_code != 0 and "--coherent" in res.output
+    assert not (tmp_path / "r").exists()
+    got: list[float | None] = []
+    monkeypatch.setattr(loop, "train", lambda *a, **k: got.append(k["coherent"]))
+    for extra, want in (([], None), (["--coherent", "0.5"], 0.5)):
+        res = CliRunner().invoke(cli, ["train", "mmdense", "--data", str(tiny_musdb), "--out", str(tmp_path / "r"),
+                                       "--steps", "1", *extra])
+        assert res.exit_code == 0, res.output
+    assert got == [None, 0.5]

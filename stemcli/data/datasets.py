@@ -230,7 +230,10 @@ class StemDataset:
     from a random other track with probability ``remix_prob``; random gain per stem in
     ``gain_range``; random channel swap and polarity per stem. Silent excerpts of a stem are
     re-drawn a few times and then accepted; an all-silent mix is never returned if any
-    non-silent excerpt can be found.
+    non-silent excerpt can be found.  With probability ``coherent_prob`` an example is instead
+    one excerpt of one track, every stem read at the same start (the song's own alignment of
+    beats, chords and notes, as in a real mixture), still with the random gain, channel swap
+    and polarity per stem; a stem silent there stays silent.
 
     Args:
         root: dataset folder (see :func:`list_tracks`).
@@ -240,6 +243,9 @@ class StemDataset:
         sample_rate: required sample rate of every track (no resampling on the fly).
         augment: apply the augmentations above.
         remix_prob: probability that a stem comes from a different random track.
+        coherent_prob: probability that an augmented example keeps its track's alignment (all
+            stems from one track and one start); 0 (the default) draws exactly what it drew
+            before this option, from the same random numbers.
         seed: seed for :meth:`__getitem__`-style deterministic draws (``example(i)``).
         channels: output channel count (mono files are duplicated).
         gain_range: (low, high) linear gain per stem.
@@ -257,11 +263,14 @@ class StemDataset:
         seed: int = 0,
         channels: int = 2,
         gain_range: tuple[float, float] = (0.25, 1.25),
+        coherent_prob: float = 0.0,
     ) -> None:
         if seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {seconds}")
         if not 0.0 <= remix_prob <= 1.0:
             raise ValueError(f"remix_prob must be in [0, 1], got {remix_prob}")
+        if not 0.0 <= coherent_prob <= 1.0:
+            raise ValueError(f"coherent_prob must be in [0, 1], got {coherent_prob}")
         self.root = Path(root)
         self.split = split
         self.sources = tuple(sources)
@@ -270,6 +279,7 @@ class StemDataset:
         self.frames = int(round(self.seconds * self.sample_rate))
         self.augment = augment
         self.remix_prob = float(remix_prob)
+        self.coherent_prob = float(coherent_prob)
         self.seed = seed
         self.channels = channels
         self.gain_range = gain_range
@@ -320,8 +330,11 @@ class StemDataset:
         for _attempt in range(8):
             anchor = self.tracks[int(rng.integers(len(self.tracks)))]
             if self.augment:
+                # the draw for coherence only when the option is on: runs without it keep their numbers
+                coherent = self.coherent_prob > 0 and rng.random() < self.coherent_prob
+                start = self._start(anchor, rng) if coherent else 0
                 for i, stem in enumerate(self.sources):
-                    x = self._draw_stem(stem, anchor, rng)
+                    x = self._read(anchor, stem, start) if coherent else self._draw_stem(stem, anchor, rng)
                     gain = rng.uniform(*self.gain_range)
                     if rng.random() < 0.5:
                         gain = -gain

@@ -328,6 +328,7 @@ def train(
     loss_weights: dict[str, float] | None = None,
     precision: str | None = None,
     ema: float | None = None,
+    coherent: float | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train architecture ``plugin`` on the MUSDB-layout folder ``data`` into run folder ``out``.
@@ -371,6 +372,11 @@ def train(
         ema: weight averaging decay in (0, 1), e.g. 0.999 (default: none; see the module
             docstring).  Validation and ``best.pt`` then use the averaged weights.  Stored in
             the run's config; a resumed run keeps its setting, and a different one is an error.
+        coherent: probability in [0, 1] that a training example is one excerpt of one song with
+            every stem at the same start (its own beats, chords and notes together), instead of
+            an independent excerpt per stem (default 0: every example remixed, as before; see
+            :class:`stemcli.data.datasets.StemDataset`).  Stored in the run's config; a resumed
+            run keeps its setting, and a different one is an error.
         log: where progress lines go.
 
     Returns:
@@ -395,6 +401,8 @@ def train(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if ema is not None and not 0.0 < ema < 1.0:
         raise ValueError(f"ema decay must be in (0, 1), got {ema}")
+    if coherent is not None and not 0.0 <= coherent <= 1.0:
+        raise ValueError(f"coherent must be in [0, 1], got {coherent}")
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise ValueError(f"{data}: dataset folder not found")
@@ -420,6 +428,14 @@ def train(
             raise ValueError(f"{cfg_path}: the run was trained {was}, not --ema {ema}; "
                              "resume without --ema or use a new --out")
         ema = hyper.get("ema")
+        stored_coherent = hyper.get("coherent", 0.0)  # runs from before the option: none coherent
+        if (not isinstance(stored_coherent, (int, float)) or isinstance(stored_coherent, bool)
+                or not 0.0 <= stored_coherent <= 1.0):
+            raise ValueError(f"{cfg_path}: hyperparameters.coherent must be a number in [0, 1], got {stored_coherent!r}")
+        if coherent is not None and coherent != stored_coherent:
+            raise ValueError(f"{cfg_path}: the run was trained with --coherent {stored_coherent:g}, not {coherent:g}; "
+                             "resume without --coherent or use a new --out")
+        coherent = float(stored_coherent)
         if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
             raise ValueError(f"{cfg_path}: hyperparameters.ema must be a number in (0, 1), got {ema!r}")
         current = {k: hyper.get(k, v) for k, v in RESUMABLE.items()}  # precision: float32 before the option
@@ -453,6 +469,9 @@ def train(
         hyper = {"plugin": plugin, **settings, "seed": seed, "steps": steps, "minutes": minutes, "threads": threads,
                  "loss": "L1 waveform", "optimizer": "Adam", "augment": True, "remix_prob": 0.5,
                  "allocator": active_allocator()}
+        coherent = 0.0 if coherent is None else float(coherent)
+        if coherent > 0:  # absent means 0, as in every run from before the option
+            hyper["coherent"] = coherent
         if loss_weights:
             hyper["loss"] = "weighted L1 waveform"
             hyper["loss_weights"] = loss_weights
@@ -467,7 +486,8 @@ def train(
     torch.manual_seed(seed)
     model = archs.build(model_cfg)
     train_set = StemDataset(data, "train", sources, seconds=seconds, sample_rate=rate, augment=True,
-                            remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]))
+                            remix_prob=0.5, seed=seed, channels=int(model_cfg["channels"]),
+                            coherent_prob=coherent)
     val_split = "valid" if (data / "valid").is_dir() else "test"
     val_set = StemDataset(data, val_split, sources, seconds=val_seconds, sample_rate=rate, augment=False,
                           seed=seed, channels=int(model_cfg["channels"]))
@@ -505,7 +525,8 @@ def train(
         f"{len(excerpts)} {val_split} excerpts, batch {batch} x {seconds} s, threads {torch.get_num_threads()}, "
         f"allocator {active_allocator()}"
         + ("" if precision == "float32" else f", {precision} forward")
-        + ("" if average is None else f", weight average {average.decay:g}"))
+        + ("" if average is None else f", weight average {average.decay:g}")
+        + ("" if not coherent else f", coherent examples {coherent:g}"))
     if precision == "bfloat16" and not bf16_native():
         log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): it is emulated and slower than float32")
 
