@@ -194,7 +194,7 @@ def synth(outdir, kind, tracks, seconds, seed, soundfont, splits, jobs, overwrit
                    "and best.pt use it.  [default: none]")
 @click.option("--coherent", type=click.FloatRange(min=0.0, max=1.0), default=None, metavar="P",
               help="Share of training examples that keep one song's alignment (every stem from the same "
-                   "start) instead of an independent excerpt per stem.  [default: 0]")
+                   "start) instead of an independent excerpt per stem.  [default: 0, or the run's on --resume]")
 def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, val_every, resume, config_file,
           loss_weight, precision, ema, coherent) -> None:
     """Train PLUGIN's architecture (mmdense, umx) on a MUSDB-layout folder."""

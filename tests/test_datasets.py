@@ -179,12 +179,12 @@ def test_silent_excerpts_are_redrawn(tmp_path):
 
 
 def _ramp_dataset(root: Path, tracks: int = 3, frames: int = SR) -> None:
-    """Every stem of track t is the same strictly positive ramp ``1 + t + i / frames`` (both
-    channels): a stem's excerpt divided by its first sample names its track and start."""
+    """Every stem of track t is the same strictly positive ramp ``1 + t + i / frames`` (twice it on
+    the right): a stem's excerpt divided by its first sample names its track and start."""
     for t in range(tracks):
         ramp = (1.0 + t + np.arange(frames) / frames).astype(np.float32)
         for s in STEMS:
-            _write(root / "train" / f"t{t}" / f"{s}.wav", np.stack([ramp, ramp]))
+            _write(root / "train" / f"t{t}" / f"{s}.wav", np.stack([ramp, 2 * ramp]))  # right = 2 x left
 
 
 def _coherent(stems: np.ndarray) -> bool:
@@ -197,16 +197,19 @@ def test_coherent_examples_keep_one_start_and_their_own_gains(tmp_path):
     _ramp_dataset(tmp_path)
     ds = StemDataset(tmp_path, "train", STEMS, seconds=0.1, sample_rate=SR, coherent_prob=1.0)
     rng = np.random.default_rng(0)
-    signs, shapes, distinct_gains = set(), set(), 0
+    shapes, distinct_gains, mixed_signs, mixed_swaps = set(), 0, 0, 0
     for _ in range(30):
         mix, stems = ds.sample(rng)
         np.testing.assert_allclose(mix, stems.sum(0), atol=1e-6)
         assert _coherent(stems)
-        first = stems[:, 0, 0]  # gain_k x the same ramp sample
-        distinct_gains += len(set(np.round(np.abs(first), 5).tolist())) == len(STEMS)
-        signs.update(np.sign(first).tolist())
+        swapped = np.abs(stems[:, 0, 0]) > np.abs(stems[:, 1, 0])  # the 2 x ramp channel on the left
+        gains = np.where(swapped, stems[:, 1, 0], stems[:, 0, 0])  # gain_k x the same ramp sample
+        distinct_gains += len(set(np.round(np.abs(gains), 5).tolist())) == len(STEMS)
+        mixed_signs += len(set(np.sign(gains).tolist())) == 2
+        mixed_swaps += len(set(swapped.tolist())) == 2
         shapes.add(round(float(stems[0, 0, -1] / stems[0, 0, 0]), 6))  # names the track and start
-    assert distinct_gains == 30 and signs == {-1.0, 1.0}  # gain and polarity still drawn per stem
+    # gain, polarity and channel swap are still drawn per stem, not per example
+    assert distinct_gains == 30 and mixed_signs > 10 and mixed_swaps > 10
     assert len(shapes) > 20  # and the track and start per example
 
 
@@ -226,9 +229,9 @@ def test_coherent_zero_draws_what_the_sampler_drew_before_the_option(tmp_path):
     _ramp_dataset(tmp_path)
     rng = np.random.default_rng(7)
     ds = StemDataset(tmp_path, "train", STEMS, seconds=0.1, sample_rate=SR, coherent_prob=0.0)
-    before = [([-3.654133, 4.093565, -0.660054, 4.048499], [-3.756574, 4.200554, -0.710478, 4.172893]),
-              ([-3.243688, 1.535635, -1.114247, -1.102691], [-3.329834, 1.607166, -1.163936, -1.147695]),
-              ([3.93398, -2.222311, 1.559717, 1.416107], [4.046872, -2.321364, 1.620767, 1.456077])]
+    before = [([-7.308267, 8.187131, -0.660054, 4.048499], [-3.756574, 4.200554, -1.420956, 8.345786]),
+              ([-6.487376, 1.535635, -2.228494, -2.205382], [-3.329834, 3.214333, -1.163936, -1.147695]),
+              ([3.93398, -2.222311, 3.119433, 2.832214], [8.093743, -4.642728, 1.620767, 1.456077])]
     for first, last in before:
         stems = ds.sample(rng)[1]
         np.testing.assert_allclose(stems[:, 0, 0], first, atol=2e-6)
@@ -255,6 +258,17 @@ def test_coherent_example_keeps_a_silent_stem_silent(tmp_path):
         assert drums_silent == (start + n <= frames // 2)  # silent exactly where the song's drums are
         silent += drums_silent
     assert 10 < silent < 50  # not re-drawn: a coherent example keeps the song's silence
+
+
+def test_coherent_example_silent_in_every_stem_is_drawn_again(tmp_path):
+    frames = 2 * SR
+    late = np.where(np.arange(frames) >= frames // 4, 0.1, 0.0).astype(np.float32)  # every stem from a quarter in
+    for s in STEMS:
+        _write(tmp_path / "train" / "t0" / f"{s}.wav", np.stack([late, late]))
+    ds = StemDataset(tmp_path, "train", STEMS, seconds=0.2, sample_rate=SR, coherent_prob=1.0)
+    rng = np.random.default_rng(5)
+    # a start lands in the silent quarter about a fifth of the time; eight tries make it ~1e-6
+    assert all(np.abs(ds.sample(rng)[1]).max() > 0 for _ in range(60))
 
 
 def test_fixed_excerpts_are_deterministic(musdb):

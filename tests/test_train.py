@@ -728,13 +728,15 @@ def test_coherent_reaches_the_sampler_and_is_recorded_and_enforced(tiny_musdb: P
     train("mmdense", tiny_musdb, plain, steps=1, **kw)
     assert seen == [(True, 0.0), (False, 0.0)]
     assert "coherent" not in json.loads((plain / "config.json").read_text())["hyperparameters"]  # as before
-    with pytest.raises(ValueError, match=r"trained with --coherent 0, not 1"):
+    with pytest.raises(ValueError, match=r"trained with --coherent 0.0, not 1.0"):
         train("mmdense", tiny_musdb, plain, steps=2, resume=True, coherent=1.0, **kw)
     with pytest.raises(ValueError, match=r"coherent must be in \[0, 1\], got 1.5"):
         train("mmdense", tiny_musdb, tmp_path / "bad", steps=1, coherent=1.5, **kw)
-    _hand_edit(run, "coherent", "0.5")  # a hand-edited setting is checked
-    with pytest.raises(ValueError, match=r"hyperparameters.coherent must be a number in \[0, 1\], got '0.5'"):
-        train("mmdense", tiny_musdb, run, steps=3, resume=True, **kw)
+    for bad, shown in (("0.5", "'0.5'"), (1.5, "1.5"), (True, "True")):  # a hand-edited setting is checked
+        _hand_edit(run, "coherent", bad)
+        with pytest.raises(ValueError, match=r"config.json: hyperparameters.coherent must be a number in \[0, 1\], "
+                                             rf"got {shown}$"):
+            train("mmdense", tiny_musdb, run, steps=3, resume=True, **kw)
 
 
 def test_cli_train_coherent_passes_through_and_is_range_checked(tiny_musdb: Path, tmp_path: Path,

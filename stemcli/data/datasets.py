@@ -233,7 +233,9 @@ class StemDataset:
     non-silent excerpt can be found.  With probability ``coherent_prob`` an example is instead
     one excerpt of one track, every stem read at the same start (the song's own alignment of
     beats, chords and notes, as in a real mixture), still with the random gain, channel swap
-    and polarity per stem; a stem silent there stays silent.
+    and polarity per stem; a stem silent there stays silent (an example silent in every stem is
+    drawn again, coherence included, so the share of coherent examples returned is ``coherent_prob``
+    only up to such rare re-draws).
 
     Args:
         root: dataset folder (see :func:`list_tracks`).

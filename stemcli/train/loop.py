@@ -374,7 +374,7 @@ def train(
             the run's config; a resumed run keeps its setting, and a different one is an error.
         coherent: probability in [0, 1] that a training example is one excerpt of one song with
             every stem at the same start (its own beats, chords and notes together), instead of
-            an independent excerpt per stem (default 0: every example remixed, as before; see
+            an independent excerpt per stem (default 0: none, as before the option; see
             :class:`stemcli.data.datasets.StemDataset`).  Stored in the run's config; a resumed
             run keeps its setting, and a different one is an error.
         log: where progress lines go.
@@ -433,7 +433,8 @@ def train(
                 or not 0.0 <= stored_coherent <= 1.0):
             raise ValueError(f"{cfg_path}: hyperparameters.coherent must be a number in [0, 1], got {stored_coherent!r}")
         if coherent is not None and coherent != stored_coherent:
-            raise ValueError(f"{cfg_path}: the run was trained with --coherent {stored_coherent:g}, not {coherent:g}; "
+            raise ValueError(f"{cfg_path}: the run was trained with --coherent {float(stored_coherent)!r}, "
+                             f"not {float(coherent)!r}; "
                              "resume without --coherent or use a new --out")
         coherent = float(stored_coherent)
         if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
