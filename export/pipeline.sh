@@ -15,14 +15,17 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals sung to the melody
 RUNS=${RUNS:-/work/runs}
-MM_RUN=${MM_RUN:-$RUNS/mmdense37}
-UMX_RUN=${UMX_RUN:-$RUNS/umx14}
+MM_RUN=${MM_RUN:-$RUNS/mmdense41}
+UMX_RUN=${UMX_RUN:-$RUNS/umx15}
 MM_CONFIG=${MM_CONFIG:-export/configs/mmdense37.json}  # the shipped architecture (mmdense27.json + the wave branch, 32 wide)
 MINUTES=${MINUTES:-90}                # Open-Unmix's training-step wall clock
 # MMDenseNet's budget in steps: the 14397 steps mmdense27.json made in those 90 minutes beside Open-Unmix,
 # divided by the measured step-time ratio of the wave branch (1.116; export/README.md "Session 25"): 12900,
 # divided again by the 32-wide branch's step-time ratio to that (1.0660; export/README.md "Session 30")
 MM_BUDGET=${MM_BUDGET:---steps 12101}  # e.g. "--minutes 90" for a wall-clock budget instead
+# Half the training examples keep a song's own alignment (every stem from one start), for both systems
+# (export/README.md "Session 33": mmdense41 and umx15).
+COHERENT=${COHERENT:-0.5}
 mkdir -p "$RUNS"
 
 # 0. Set-up, plus the openunmix package (the baseline architecture; installed --no-deps).
@@ -41,10 +44,10 @@ fi
 #    "Sessions 18-19"): MMDenseNet 2 (4 scored the same to 0.1 dB), Open-Unmix 4.
 # shellcheck disable=SC2086  # MM_BUDGET is an option and its value
 $PY -m stemcli train mmdense --data "$DATA" --out "$MM_RUN" $MM_BUDGET \
-    --batch 2 --seconds 3 --threads 1 --val-every 400 --config "$MM_CONFIG" --resume >> "$MM_RUN.out" 2>&1 &
+    --batch 2 --seconds 3 --threads 1 --val-every 400 --config "$MM_CONFIG" --coherent "$COHERENT" --resume >> "$MM_RUN.out" 2>&1 &
 MM=$!
 $PY -m stemcli train umx --data "$DATA" --out "$UMX_RUN" --minutes "$MINUTES" \
-    --batch 4 --seconds 3 --threads 1 --val-every 50 --resume >> "$UMX_RUN.out" 2>&1 &
+    --batch 4 --seconds 3 --threads 1 --val-every 50 --coherent "$COHERENT" --resume >> "$UMX_RUN.out" 2>&1 &
 UMX=$!
 wait $MM
 wait $UMX
