@@ -201,6 +201,11 @@ def read_config_overrides(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _is_number(value: Any) -> bool:
+    """An int or a float as read from JSON, not a bool (``True`` is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def source_weights(sources: list[str], loss_weights: dict[str, float] | None) -> torch.Tensor | None:
     """The loss weight of each source ``[shape=(sources,)]`` (1 unless named), or None when no
     weights are given.
@@ -214,7 +219,7 @@ def source_weights(sources: list[str], loss_weights: dict[str, float] | None) ->
     if unknown:
         raise ValueError(f"loss weight for unknown source(s) {', '.join(unknown)} (sources: {', '.join(sources)})")
     for name, w in loss_weights.items():
-        if isinstance(w, bool) or not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+        if not (_is_number(w) and math.isfinite(w) and w > 0):
             raise ValueError(f"loss weight of {name} must be a finite number > 0, got {w!r}")
     return torch.tensor([float(loss_weights.get(s, 1.0)) for s in sources])
 
@@ -428,17 +433,15 @@ def train(
             raise ValueError(f"{cfg_path}: the run was trained {was}, not --ema {ema}; "
                              "resume without --ema or use a new --out")
         ema = hyper.get("ema")
+        if ema is not None and not (_is_number(ema) and 0.0 < ema < 1.0):
+            raise ValueError(f"{cfg_path}: hyperparameters.ema must be a number in (0, 1), got {ema!r}")
         stored_coherent = hyper.get("coherent", 0.0)  # runs from before the option: none coherent
-        if (not isinstance(stored_coherent, (int, float)) or isinstance(stored_coherent, bool)
-                or not 0.0 <= stored_coherent <= 1.0):
+        if not (_is_number(stored_coherent) and 0.0 <= stored_coherent <= 1.0):
             raise ValueError(f"{cfg_path}: hyperparameters.coherent must be a number in [0, 1], got {stored_coherent!r}")
         if coherent is not None and coherent != stored_coherent:
             raise ValueError(f"{cfg_path}: the run was trained with --coherent {float(stored_coherent)!r}, "
-                             f"not {float(coherent)!r}; "
-                             "resume without --coherent or use a new --out")
+                             f"not {float(coherent)!r}; resume without --coherent or use a new --out")
         coherent = float(stored_coherent)
-        if ema is not None and (not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 < ema < 1.0):
-            raise ValueError(f"{cfg_path}: hyperparameters.ema must be a number in (0, 1), got {ema!r}")
         current = {k: hyper.get(k, v) for k, v in RESUMABLE.items()}  # precision: float32 before the option
         if current["precision"] not in PRECISIONS:
             raise ValueError(f"{cfg_path}: unknown precision {current['precision']!r} "
