@@ -374,3 +374,77 @@ def test_reexport_of_a_one_output_graph_gives_the_split_graph(tmp_path: Path, re
     with pytest.raises(ExportError, match=r"m\.onnx: its stems differ from .*old/m\.onnx's by .* the card's SDR would not hold"):
         export_run(tmp_path / "old" / "m.json", tmp_path / "newer" / "m.onnx", check_audio=real_audio)
     assert not (tmp_path / "newer" / "m.onnx").exists() and not (tmp_path / "newer" / "m.json").exists()
+
+
+# benchmarks/arch_cost.py: a config's graphs timed before training
+
+
+TINY_COST = {**TINY, "max_bin": 128, "conv_bin": 64, "frame": {"hidden": 6},
+             "wave": {"hidden": 4, "decimate": 8, "layers": 2, "kernel": 3}}
+
+
+def test_arch_cost_builds_exports_and_times_each_config(tmp_path: Path, capsys) -> None:
+    """Variants merge into the reference config key by key; each is built, exported and timed (the
+    reference's ratios are 1); the parameters are the built model's; the timed part is a real
+    separation (stems sum to the part, the shape of the input); a config without a post graph
+    has no post timing."""
+    from conftest import load_script
+
+    ac = load_script("benchmarks/arch_cost.py")
+    ref = tmp_path / "tiny.json"
+    ref.write_text(json.dumps(TINY_COST))
+    configs = ac.build_configs("mmdense", ref, ['wide={"frame": {"hidden": 12}}', 'nowave={"wave": {"hidden": 0}}'])
+    assert list(configs) == ["tiny", "wide", "nowave"]
+    assert configs["wide"]["frame"] == {**configs["tiny"]["frame"], "hidden": 12}  # merged, not replaced
+    assert configs["wide"]["low"] == configs["tiny"]["low"] and configs["tiny"]["frame"]["hidden"] == 6
+    cand = ac.Candidate("tiny", configs["tiny"], tmp_path, 0.5, 1, False)
+    stems = cand.timed["part"]()
+    assert cand.mix.shape == (1, 2, 22050)
+    assert stems.shape == (1, 4, 2, 22050)
+    np.testing.assert_allclose(stems.sum(axis=1), cand.mix, atol=1e-5)
+
+    out = tmp_path / "cost.json"
+    code = ac.main(["--config", str(ref), "--variant", 'wide={"frame": {"hidden": 12}}', "--variant",
+                    'nowave={"wave": {"hidden": 0}}', "--seconds", "0.5", "--rounds", "2", "--train-step",
+                    "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())["results"]
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        assert res[name]["parameters"] == sum(p.numel() for p in MMDenseNet({**DEFAULT_CONFIG, **cfg}).parameters())
+    assert res["wide"]["parameters"] > res["tiny"]["parameters"] > res["nowave"]["parameters"]
+    for key in ("graph", "post", "part", "step"):
+        assert res["tiny"][key]["ratio"] == pytest.approx(1.0)
+        assert len(res["tiny"][key]["seconds"]) == 2 and min(res["tiny"][key]["seconds"]) > 0
+        assert res["wide"][key]["ratio"] > 0
+    assert "post" not in res["nowave"] and res["nowave"]["part"]["ratio"] > 0
+    assert "wide" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("small", "expected NAME=JSON"),
+    ("=1", "expected NAME=JSON"),
+    ('small={"conv_bin": ', "small: not valid JSON"),
+    ("small=[1, 2]", "small: the overrides must be a JSON object, got list"),
+    ('tiny={"hop": 64}', "tiny: the name is already taken"),
+])
+def test_arch_cost_refuses_a_bad_variant(tmp_path: Path, capsys, variant: str, message: str) -> None:
+    from conftest import load_script
+
+    ac = load_script("benchmarks/arch_cost.py")
+    ref = tmp_path / "tiny.json"
+    ref.write_text(json.dumps(TINY_COST))
+    assert ac.main(["--config", str(ref), "--variant", variant, "--rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --variant") and message in err[0]
+
+
+def test_arch_cost_names_a_config_that_cannot_be_built(tmp_path: Path, capsys) -> None:
+    from conftest import load_script
+
+    ac = load_script("benchmarks/arch_cost.py")
+    ref = tmp_path / "tiny.json"
+    ref.write_text(json.dumps(TINY_COST))
+    assert ac.main(["--config", str(ref), "--variant", 'bad={"split_bin": 128}', "--rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: config bad: cannot build it") and "split_bin" in err[0]
