@@ -4,24 +4,27 @@ Each config is the architecture's defaults with the overrides of a JSON file mer
 ``stemcli train --config FILE`` merges them (``--config``, the first and reference config), and
 ``--variant NAME=JSON`` adds that config with more overrides merged in (nested objects merge key by
 key: ``'small={"conv_bin": 384, "bass": {"bins": 64}}'``).  Each is built with random weights
-(seed 0) and exported as ``stemcli export`` exports it (:func:`stemcli.export.export_model`: the
-mask graph, and the post graph of a model with one).  Speed does not depend on the weights.  Then,
-in ``--rounds`` interleaved rounds on one thread (the order reversed every other round), each on
-the same generated part of ``--seconds`` (default 16.11 s, a part of a 30 s input with the
-shipped card's 1.11 s of context, :mod:`stemcli.runtime`):
+(seed 0) and exported by ``stemcli export``'s code (:func:`stemcli.export.export_run`, its parity
+check against torch included) to a temporary card, which :class:`stemcli.runtime.OnnxSeparator`
+loads as the runtime does, on one thread.  Speed does not depend on the weights.  Then, in
+``--rounds`` interleaved rounds (the order reversed every other round, after two warm-up calls),
+each config on the same generated stereo input of ``--seconds`` (default 16 s: the longest input
+the runtime separates as one part; a 30 s input runs as two parts of 16.11 s with the shipped
+card's context):
 
-* ``graph``: the mask graph alone on the part's log-magnitudes (random, the shape the front end
-  gives it), or for a waveform model its whole graph on the part;
+* ``graph``: the mask graph alone on log-magnitudes of the input's shape (random), for a model with
+  an STFT front end (a waveform model's graph is its whole separation: see ``part``);
 * ``post``: the post graph's path (:func:`stemcli.wavepost.apply_post`: blocks, graph, update of
-  the pair) on random stems of the part, for a model with a post graph;
-* ``part``: the whole separation of the part as the runtime does it on one thread (STFT, mask
-  graph, mask products and inverse STFTs, post graph);
+  the pair) on random stems of the input, for a model with a post graph;
+* ``part``: the whole separation of the input (``OnnxSeparator.separate``: STFT, mask graph, mask
+  products and inverse STFTs, post graph);
 * ``step`` (``--train-step``): one training step in torch (``--batch`` x 3 s excerpts of random
-  audio, Adam, the trainer's loss), one thread, as ``stemcli train --threads 1`` steps.
+  audio, the trainer's loss, gradient clipping and Adam; the data sampling left out), one thread,
+  as ``stemcli train --threads 1`` steps.
 
 Printed per config: parameters, the median milliseconds of each timing and its ratio to the
-first config's.  Ratios from one run are what to compare; the machine's load moves the
-milliseconds.
+first config's (``-`` where the first config has no such timing).  Ratios from one run are what
+to compare; the machine's load moves the milliseconds.
 
     .venv/bin/python benchmarks/arch_cost.py --config export/configs/mmdense37.json \\
         --variant 'cb384={"conv_bin": 384, "bass": {"bins": 64}}' --rounds 9 --train-step
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -85,12 +89,13 @@ def build_configs(architecture: str, config: Path | None, variants: list[str]) -
 
 
 class Candidate:
-    """One config, built (seed 0), exported into ``folder`` and loaded on one thread: its timed
-    callables by timing name (``timed["part"]()`` returns the stems ``[shape=(1, sources,
-    channels, samples)]`` of :attr:`mix`).
+    """One config, built with random weights (seed 0), exported by :func:`stemcli.export.export_run`
+    into ``folder`` (the parity check against torch included) and loaded as the runtime loads a
+    card, on one thread: its timed callables by timing name.  ``timed["part"]()`` returns the
+    stems ``[shape=(1, sources, channels, samples)]`` of :attr:`mix`.
 
     Raises:
-        ValueError: naming the config, if it cannot be built.
+        ValueError: naming the config, if it cannot be built or exported.
     """
 
     def __init__(self, name: str, config: dict[str, Any], folder: Path, seconds: float, batch: int,
@@ -98,76 +103,67 @@ class Candidate:
         import onnxruntime as ort
         import torch
 
-        from stemcli import spectral, wavepost
-        from stemcli.export import _frontend, _post, export_model
-        from stemcli.modelcard import post_path
-        from stemcli.runtime import session_options, with_post
+        from stemcli import wavepost
+        from stemcli.export import ExportError, export_run
+        from stemcli.modelcard import model_file
+        from stemcli.runtime import OnnxSeparator, session_options
         from stemcli.train import archs
 
         self.name = name
+        run = folder / name
+        run.mkdir(parents=True)
         torch.manual_seed(0)
         try:
-            model = archs.build(config).eval()
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"config {name}: cannot build it ({exc})") from exc
+            model = archs.build(config)
+            (run / "config.json").write_text(json.dumps({
+                "model": config, "data": {"root": str(folder / "no-data")}, "hyperparameters": {},
+                "commands": ["benchmarks/arch_cost.py"]}))
+            torch.save({"model": model.state_dict(), "step": 0}, run / "best.pt")
+            export_run(run, run / f"{name}.onnx", command="benchmarks/arch_cost.py")
+            sep = OnnxSeparator(run / f"{name}.json", threads=1)
+        except (ValueError, KeyError, TypeError, RuntimeError, ExportError) as exc:
+            raise ValueError(f"config {name}: cannot build or export it ({exc})") from exc
         self.params = sum(p.numel() for p in model.parameters())
-        onnx_path = folder / f"{name}.onnx"
-        export_model(model, onnx_path, int(config["channels"]))
 
         def session(path: Path) -> Any:
             return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
         rng = np.random.default_rng(0)
-        channels, rate = int(config["channels"]), int(config["sample_rate"])
-        n_src = len(config["sources"])
-        samples = int(round(seconds * rate))
+        channels, n_src = sep.channels, len(sep.sources)
+        samples = int(round(seconds * sep.sample_rate))
         mix = (0.1 * rng.standard_normal((1, channels, samples))).astype(np.float32)
-        self.mix = mix  # [shape=(1, channels, samples)]: the part every timing separates
-        graph = session(onnx_path)
-        in_name = graph.get_inputs()[0].name
-        frontend, post = _frontend(model), _post(model)
+        self.mix = mix  # [shape=(1, channels, samples)]: the input every timing works on
         self.timed: dict[str, Callable[[], Any]] = {}
-        if frontend is None:
-            self.timed["graph"] = lambda: graph.run(None, {in_name: mix})
-            base: Callable[[np.ndarray], np.ndarray] = lambda m: graph.run(None, {in_name: m})[0]
-        else:
-            frames = -(-samples // frontend["hop"]) + 1
-            mag = (2.0 * rng.random((1, channels, frames, frontend["bins"]))).astype(np.float32)
-            out_names = list(spectral.graph_outputs(frontend, n_src))
-            self.timed["graph"] = lambda: graph.run(out_names, {in_name: mag})
-
-            def masks(m: np.ndarray) -> Any:
-                got = graph.run(out_names, {in_name: m})
-                return got[0] if len(got) == 1 else tuple(got)
-
-            base = lambda m: spectral.separate_with_masks(frontend, masks, m, n_src)  # noqa: E731
-        run = base
-        if post is not None:
-            post_file = post_path(onnx_path)
-            post_session = session(post_file)
+        if sep.frontend is not None:  # a waveform model's graph is its whole part: timed once, as the part
+            graph = session(model_file(sep.card, "onnx"))
+            in_name = graph.get_inputs()[0].name
+            frames = -(-samples // sep.frontend["hop"]) + 1
+            mag = (2.0 * rng.random((1, channels, frames, sep.frontend["bins"]))).astype(np.float32)
+            self.timed["graph"] = lambda: graph.run(None, {in_name: mag})
+        if sep.post is not None:
+            post_session = session(model_file(sep.card, "post"))
             post_in = post_session.get_inputs()[0].name
+            # corrected in place, the same stems every call: the cost does not depend on their values
             stems = (0.1 * rng.standard_normal((1, n_src, channels, samples))).astype(np.float32)
-            sources = list(config["sources"])
-
-            def post_only() -> Any:
-                return wavepost.apply_post(post, lambda b: post_session.run(None, {post_in: b})[0], mix,
-                                           stems.copy(), sources)
-
-            self.timed["post"] = post_only
-            run = with_post(base, post, sources, channels, post_session, post_file)
-        self.timed["part"] = lambda: run(mix)
+            sources = list(sep.sources)
+            self.timed["post"] = lambda: wavepost.apply_post(
+                sep.post, lambda b: post_session.run(None, {post_in: b})[0], mix, stems, sources)
+        self.timed["part"] = lambda: sep.separate(mix)
         if train_step:
             from stemcli.train.loop import training_loss
 
             net = archs.build(config)
             net.train()
             opt = torch.optim.Adam(net.parameters(), 1e-3)
-            ref = 0.1 * torch.randn(batch, n_src, channels, 3 * rate, generator=torch.Generator().manual_seed(0))
+            ref = 0.1 * torch.randn(batch, n_src, channels, 3 * sep.sample_rate,
+                                    generator=torch.Generator().manual_seed(0))
             x = ref.sum(1)
 
-            def step() -> None:
-                opt.zero_grad()
-                training_loss(net, x, ref, None).backward()
+            def step() -> None:  # the trainer's step (stemcli/train/loop.py), without the data sampling
+                loss = training_loss(net, x, ref, None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
 
             self.timed["step"] = step
@@ -211,14 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="JSON overrides of the reference config (as stemcli train --config)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="another config: the reference with these overrides merged in (repeatable)")
-    ap.add_argument("--seconds", type=float, default=16.11, help="length of the timed part (default 16.11)")
+    ap.add_argument("--seconds", type=float, default=16.0,
+                    help="length of the timed input (default 16: the longest the runtime runs as one part)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--train-step", action="store_true", help="also time a training step (torch, one thread)")
-    ap.add_argument("--batch", type=int, default=2, help="training step batch of 3 s excerpts (default 2)")
+    ap.add_argument("--batch", type=int, default=2,
+                    help="training step batch of 3 s excerpts (default 2, the shipped recipe's; the trainer's default is 4)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    if args.rounds < 1 or args.seconds <= 0 or args.batch < 1:
-        ap.error("--rounds and --batch must be >= 1 and --seconds > 0")
+    if args.rounds < 1 or not (math.isfinite(args.seconds) and 0 < args.seconds <= 3600) or args.batch < 1:
+        ap.error("--rounds and --batch must be >= 1, --seconds in (0, 3600]")
     try:
         configs = build_configs(args.architecture, args.config, args.variant)
     except ValueError as exc:
@@ -238,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         times = time_rounds(candidates, args.rounds)
     rows = summarise(candidates, times)
 
-    print(f"{args.seconds:g} s part, one thread, median of {args.rounds} interleaved rounds; ratio to {candidates[0].name}")
+    print(f"{args.seconds:g} s input, one thread, median of {args.rounds} interleaved rounds; ratio to {candidates[0].name}")
     keys = [k for k in TIMINGS if any(k in r for r in rows.values())]
     print(f"{'config':<16} {'params':>9} " + " ".join(f"{k + ' ms':>10} {'x':>6}" for k in keys))
     for name, r in rows.items():
-        cells = [f"{r[k]['ms']:>10.1f} {r[k]['ratio']:>6.3f}" if k in r and r[k]["ratio"] is not None
-                 else f"{'-':>10} {'-':>6}" for k in keys]
+        cells = [f"{r[k]['ms']:>10.1f} " + (f"{r[k]['ratio']:>6.3f}" if r[k]["ratio"] is not None else f"{'-':>6}")
+                 if k in r else f"{'-':>10} {'-':>6}" for k in keys]
         print(f"{name:<16} {r['parameters'] / 1e6:>8.2f}M " + " ".join(cells))
     if args.json:
-        payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": args.seconds,
+        from stemcli.modelcard import command_line
+
+        payload = {"command": command_line(None if argv is None else ["benchmarks/arch_cost.py", *argv]),
+                   "seconds": args.seconds,
                    "rounds": args.rounds, "configs": configs, "results": rows}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
