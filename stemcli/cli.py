@@ -222,8 +222,13 @@ def train(plugin, data, out, steps, minutes, batch, seconds, threads, seed, lr, 
 @click.option("--weights", type=click.Choice(["float32", "float16"]), default=None,
               help="float16: round the weights to float16 and store them so (files half the size; "
                    "onnxruntime still computes in float32).  [default: float32; from a card: the card's]")
+@click.option("--segment", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Chunk length (s) the card asks the engine for.  [default: 30; from a card: the card's]")
+@click.option("--context", type=click.FloatRange(min=0.0), default=None,
+              help="Neighbouring audio (s) the engine feeds on each side of a chunk or time part, rounded "
+                   "up to the model's alignment.  [default: 1; from a card: the card's]")
 @click.option("--force", is_flag=True, help="Overwrite an existing model.")
-def export_cmd(run_dir, output, check_audio, weights, force) -> None:
+def export_cmd(run_dir, output, check_audio, weights, segment, context, force) -> None:
     """Export a training run to ONNX, verify it against torch, and write its model card.
 
     Given a model card (models/NAME.json) instead of a run folder, re-export that model's
@@ -237,7 +242,7 @@ def export_cmd(run_dir, output, check_audio, weights, force) -> None:
             if path.exists():
                 raise click.ClickException(f"{path}: exists (use --force to replace it)")
     try:
-        card = export_run(run_dir, output, check_audio=check_audio, weights=weights)
+        card = export_run(run_dir, output, check_audio=check_audio, weights=weights, segment=segment, context=context)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from None
     written = [str(output.with_name(f["path"])) for f in card["files"].values()]

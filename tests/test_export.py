@@ -328,6 +328,15 @@ def test_reexport_from_a_card_keeps_weights_and_training_record(run_dir: Path, r
     assert max(card["export"]["parity_max_abs_diff"].values()) <= 1e-4
     after = OnnxSeparator(models / "m.json").separate(x)
     assert np.abs(after - before).max() <= 1e-6
+    # the card's segment and context from the command line: set when given, kept when not (above)
+    res = CliRunner().invoke(cli, ["export", str(models / "m.json"), "-o", str(models / "m.onnx"),
+                                   "--context", "0.37", "--segment", "20", "--force"])
+    assert res.exit_code == 0, res.output
+    assert (load_card(models / "m.json")["segment"], load_card(models / "m.json")["context"]) == (20.0, 0.37)
+    for bad in (["--context", "-1"], ["--segment", "0"]):
+        res = CliRunner().invoke(cli, ["export", str(models / "m.json"), "-o", str(tmp_path / "x.onnx"), *bad])
+        assert res.exit_code == 2 and "Invalid value for '" + bad[0] + "'" in res.output
+        assert not (tmp_path / "x.onnx").exists()
     # a second re-export chains the record, and keeps the card's float16 storage by default
     again = export_run(models / "m.json", tmp_path / "b" / "m.onnx", check_audio=real_audio)
     assert again["training"]["reexport"]["previous"]["onnx_sha256"] == first["sha256"]
