@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -51,12 +52,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``NAME=JSON`` -> ``(NAME, overrides)``.
 
     Raises:
-        ValueError: no ``=``, an empty name, JSON that does not parse or is not an object.
+        ValueError: no ``=``, an empty name or one that is not a plain file name, JSON that does
+            not parse or is not an object.
     """
     name, sep, body = text.partition("=")
     name = name.strip()
     if not sep or not name:
         raise ValueError(f"--variant {text!r:.60}: expected NAME=JSON, e.g. 'small={{\"conv_bin\": 384}}'")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", name):
+        raise ValueError(f"--variant {name!r:.40}: a NAME holds letters, digits and _ . + - only (it names files)")
     try:
         obj = json.loads(body)
     except json.JSONDecodeError as exc:

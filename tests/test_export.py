@@ -458,6 +458,7 @@ def test_arch_cost_prints_a_timing_the_reference_lacks(tmp_path: Path, capsys) -
     ("=1", "expected NAME=JSON"),
     ('small={"conv_bin": ', "small: not valid JSON"),
     ("small=[1, 2]", "small: the overrides must be a JSON object, got list"),
+    ('../x={"hop": 64}', "a NAME holds letters, digits and _ . + - only"),
     ('tiny={"hop": 64}', "tiny: the name is already taken"),
 ])
 def test_arch_cost_refuses_a_bad_variant(tmp_path: Path, capsys, variant: str, message: str) -> None:
