@@ -129,9 +129,6 @@ class Candidate:
             raise ValueError(f"config {name}: cannot build or export it ({exc})") from exc
         self.params = sum(p.numel() for p in model.parameters())
 
-        def session(path: Path) -> Any:
-            return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-
         rng = np.random.default_rng(0)
         channels, n_src = sep.channels, len(sep.sources)
         samples = int(round(seconds * sep.sample_rate))
@@ -139,13 +136,14 @@ class Candidate:
         self.mix = mix  # [shape=(1, channels, samples)]: the input every timing works on
         self.timed: dict[str, Callable[[], Any]] = {}
         if sep.frontend is not None:  # a waveform model's graph is its whole part: timed once, as the part
-            graph = session(model_file(sep.card, "onnx"))
+            graph = sep.session  # the separator's own mask-graph session (one thread)
             in_name = graph.get_inputs()[0].name
             frames = -(-samples // sep.frontend["hop"]) + 1
             mag = (2.0 * rng.random((1, channels, frames, sep.frontend["bins"]))).astype(np.float32)
             self.timed["graph"] = lambda: graph.run(None, {in_name: mag})
         if sep.post is not None:
-            post_session = session(model_file(sep.card, "post"))
+            post_session = ort.InferenceSession(str(model_file(sep.card, "post")), session_options(1),
+                                                providers=["CPUExecutionProvider"])
             post_in = post_session.get_inputs()[0].name
             # corrected in place, the same stems every call: the cost does not depend on their values
             stems = (0.1 * rng.standard_normal((1, n_src, channels, samples))).astype(np.float32)
@@ -156,8 +154,7 @@ class Candidate:
         if train_step:
             from stemcli.train.loop import training_loss
 
-            net = archs.build(config)
-            net.train()
+            net = model.train()  # the exported copy was rebuilt from best.pt: this one is free to train
             opt = torch.optim.Adam(net.parameters(), 1e-3)
             ref = 0.1 * torch.randn(batch, n_src, channels, 3 * sep.sample_rate,
                                     generator=torch.Generator().manual_seed(0))
