@@ -35,6 +35,12 @@ Card entry::
   graph's ~400 on a 17 s part, one thread, on this machine with training beside it); the
   products with the spectrum here take about 1 ms more per source (two broadcasts: 9.2 ms
   against 8.0 on a 15 s part).
+* Fused steps: :func:`separate_with_masks` runs the transform and the magnitudes
+  (:func:`stft_magnitude`), and each source's masking and inverse (:func:`masked_istft`), 32
+  frames at a time at 4096 in stereo (:func:`frame_chunk`), so the windowed frames, the masked
+  spectrum and the inverse FFT's output of a step are still in the core's cache when the next
+  operation reads them.  On a 16 s stereo part, one thread, the shipped card: the whole part
+  took 240 against 261 ms (interleaved, training on the other core), the same stems to 6e-8.
 
 No torch import here.
 """
@@ -98,6 +104,23 @@ def hann(n_fft: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
 
 
+def analysis_frames(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The analysis frames of :func:`stft`, unwindowed: ``wave`` zero-padded by ``n_fft / 2``
+    before and by ``n_fft / 2`` plus up to a hop after, as a strided view.
+
+    Args:
+        wave: [shape=(..., time)].
+
+    Returns:
+        [shape=(..., frames, n_fft)] float32 view, ``frames = ceil(time / hop) + 1``.
+    """
+    half = n_fft // 2
+    t = wave.shape[-1]
+    extra = (hop - t % hop) % hop
+    x = np.pad(np.asarray(wave, np.float32), [(0, 0)] * (wave.ndim - 1) + [(half, half + extra)])
+    return np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :]
+
+
 def stft(wave: np.ndarray, n_fft: int, hop: int, bins: int | None = None) -> np.ndarray:
     """Args:
         wave: [shape=(..., time)] float32.
@@ -106,12 +129,7 @@ def stft(wave: np.ndarray, n_fft: int, hop: int, bins: int | None = None) -> np.
     Returns:
         [shape=(..., frames, bins)] complex64, ``frames = ceil(time / hop) + 1``.
     """
-    half = n_fft // 2
-    t = wave.shape[-1]
-    extra = (hop - t % hop) % hop
-    x = np.pad(np.asarray(wave, np.float32), [(0, 0)] * (wave.ndim - 1) + [(half, half + extra)])
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::hop, :]
-    spec = _fft.rfft(frames * hann(n_fft).astype(np.float32), axis=-1)
+    spec = _fft.rfft(analysis_frames(wave, n_fft, hop) * hann(n_fft).astype(np.float32), axis=-1)
     return spec[..., :bins] if bins is not None else spec
 
 
@@ -138,6 +156,102 @@ def istft(spec: np.ndarray, n_fft: int, hop: int, length: int) -> np.ndarray:
         out[..., j : j + nf, :] += parts[..., j, :]
     out /= _cached_envelope(n_fft, hop, nf) if nf <= CACHED_FRAMES else _envelope(n_fft, hop, nf)
     return out.reshape(*lead, -1)[..., half : half + length]
+
+
+CHUNK_VALUES = 1 << 18  # samples of windowed frames per step of the fused transforms below (1 MiB as float32)
+
+
+def frame_chunk(lead: int, n_fft: int) -> int:
+    """Frames per step of :func:`stft_magnitude` and :func:`masked_istft` for ``lead`` signals
+    (batch x channels) at ``n_fft``: 32 at 4096 in stereo, so a step's frames and spectra stay
+    in the core's cache between the steps that read them."""
+    return max(1, CHUNK_VALUES // max(1, lead * n_fft))
+
+
+def stft_magnitude(wave: np.ndarray, n_fft: int, hop: int, bins: int, eps: float, log1p: bool = False,
+                   chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stft` and the magnitudes a mask graph is fed, computed ``chunk`` frames at a time
+    (the same numbers, bit for bit, as ``stft`` followed by ``sqrt(re^2 + im^2 + eps)``; the
+    windowed frames never exist all at once).
+
+    Args:
+        wave: [shape=(..., time)] float32.
+        bins: lowest bins to keep.
+        eps: added to the squared magnitude (as float32).
+        log1p: return ``log(1 + mag)`` instead (see the module docstring for why not ``np.log1p``).
+        chunk: frames per step (default :func:`frame_chunk`).
+
+    Returns:
+        ``(spec, mag)``: [shape=(..., frames, bins)] complex64 and float32 (C-contiguous).
+    """
+    framed = analysis_frames(wave, n_fft, hop)
+    *lead, nf, _ = framed.shape
+    step = chunk or frame_chunk(int(np.prod(lead)), n_fft)
+    win = hann(n_fft).astype(np.float32)
+    spec = np.empty((*lead, nf, bins), np.complex64)
+    mag = np.empty((*lead, nf, bins), np.float32)
+    windowed = np.empty((*lead, min(step, nf), n_fft), np.float32)
+    square = np.empty((*lead, min(step, nf), bins), np.float32)
+    for a in range(0, nf, step):
+        b = min(nf, a + step)
+        w = windowed[..., : b - a, :]
+        np.multiply(framed[..., a:b, :], win, out=w)
+        s = spec[..., a:b, :]
+        s[...] = _fft.rfft(w, axis=-1)[..., :bins]
+        m, sq = mag[..., a:b, :], square[..., : b - a, :]
+        np.multiply(s.real, s.real, out=m)
+        m += np.multiply(s.imag, s.imag, out=sq)
+        m += np.float32(eps)
+        np.sqrt(m, out=m)
+        if log1p:
+            np.log(np.add(m, 1.0, out=m), out=m)
+    return spec, mag
+
+
+def masked_istft(spec: np.ndarray, bands: list[tuple[np.ndarray, int, int]], n_fft: int, hop: int,
+                 out: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """The inverse STFT (:func:`istft`) of ``spec`` times masks, ``chunk`` frames at a time: each
+    step's masked spectrum, its inverse FFT and its windowed frames stay in the core's cache until
+    they are overlap-added (against a masked spectrogram and an inverse of the whole: 50 against
+    79 ms for three sources of a 16 s stereo part at 4096/1024, one thread, on this machine).
+
+    Args:
+        spec: [shape=(..., frames, bins)] complex64.
+        bands: ``(mask, lo, hi)`` covering bins ``0..bins`` in order, each ``mask``
+            [shape=(..., frames, hi - lo)] float32, broadcast against ``spec[..., lo:hi]``
+            (e.g. one channel's mask for every channel).  Bins above ``bins`` count as zero.
+        out: [shape=(..., length)] float32, written (the ``time`` given to :func:`stft`).
+        chunk: frames per step (default :func:`frame_chunk`).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ValueError: the bands do not cover ``0..bins`` in order.
+    """
+    half, ratio = n_fft // 2, n_fft // hop
+    *lead, nf, nb = spec.shape
+    edges = [0, *(hi for _, _, hi in bands)]
+    if [lo for _, lo, _ in bands] != edges[:-1] or edges[-1] != nb:
+        raise ValueError(f"mask bands {[(lo, hi) for _, lo, hi in bands]} do not cover bins 0..{nb} in order")
+    step = chunk or frame_chunk(int(np.prod(lead)), n_fft)
+    win = hann(n_fft).astype(np.float32).reshape(ratio, hop)
+    ola = np.zeros((*lead, nf + ratio - 1, hop), np.float32)
+    full = np.empty((*lead, min(step, nf), n_fft // 2 + 1), np.complex64)
+    full[..., nb:] = 0  # the bins above the model's; the loop writes the rest
+    for a in range(0, nf, step):
+        b = min(nf, a + step)
+        f = full[..., : b - a, :]
+        for mask, lo, hi in bands:
+            np.multiply(mask[..., a:b, :], spec[..., a:b, lo:hi], out=f[..., lo:hi])
+        frames = np.asarray(_fft.irfft(f, n=n_fft, axis=-1), np.float32).reshape(*lead, b - a, ratio, hop)
+        frames *= win
+        for j in range(ratio):  # overlap-add: quarter j of frame i lands in block i + j
+            ola[..., a + j : b + j, :] += frames[..., j, :]
+    env = _cached_envelope(n_fft, hop, nf) if nf <= CACHED_FRAMES else _envelope(n_fft, hop, nf)
+    length = out.shape[-1]
+    np.divide(ola.reshape(*lead, -1)[..., half : half + length], env.reshape(-1)[half : half + length], out=out)
+    return out
 
 
 CACHED_FRAMES = 2048  # envelopes up to this many frames are kept (8 MB each at hop 1024; a part has ~800)
@@ -201,11 +315,7 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
         [shape=(batch, n_sources, channels, time)] float32.
     """
     n_fft, hop, bins = frontend["n_fft"], frontend["hop"], frontend["bins"]
-    t = mix.shape[-1]
-    spec = stft(mix, n_fft, hop, bins)  # [B, C, F, bins]
-    mag = np.sqrt(spec.real**2 + spec.imag**2 + np.float32(frontend["eps"])).astype(np.float32, copy=False)
-    if frontend.get("input", "mag") == "log1p":
-        np.log(np.add(mag, 1.0, out=mag), out=mag)  # not np.log1p: see the module docstring
+    spec, mag = stft_magnitude(mix, n_fft, hop, bins, frontend["eps"], log1p=frontend.get("input") == "log1p")
     got = masks(np.ascontiguousarray(mag))
     want = mask_count(frontend, n_sources)
     expected = graph_outputs(frontend, n_sources, *mag.shape[:3])
@@ -214,20 +324,11 @@ def separate_with_masks(frontend: dict[str, Any], masks: Callable[[np.ndarray], 
     if shapes != tuple(expected.values()):
         raise ValueError(f"mask model returned shape{'s' if len(shapes) > 1 else ''} "
                          f"{', '.join(map(str, shapes))}, expected {', '.join(map(str, expected.values()))}")
-    cuts = [0, *(shape[-1] for shape in expected.values())]  # [0, bins] or [0, K, bins - K]
-    cuts = np.cumsum(cuts)
-    # one source at a time, each masked spectrum written straight into a zero-padded full-band
-    # buffer (the inverse FFT then takes all n_fft / 2 + 1 bins as they are: scipy pads a
-    # shorter input more slowly).  Per source, the arrays of a 16 s part stay below glibc's
-    # 32 MiB mmap threshold, so they are reused from the heap instead of being mapped and
-    # zeroed afresh by the kernel on every call (all sources at once: 75 MiB arrays).
+    cuts = np.cumsum([0, *(shape[-1] for shape in expected.values())])  # [0, bins] or [0, K, bins]
     est = np.empty((mix.shape[0], n_sources, *mix.shape[1:]), np.float32)  # [B, S, C, T]
-    full = np.empty((*spec.shape[:-1], n_fft // 2 + 1), np.complex64)  # [B, C, F, n_fft/2+1]
-    full[..., bins:] = 0  # only the bins above the model's are zeros: the loop writes the rest
-    for j in range(want):
-        for m, lo, hi in zip(parts, cuts[:-1], cuts[1:]):  # masks_high broadcasts over the channels
-            np.multiply(m[:, j], spec[..., lo:hi], out=full[..., lo:hi])
-        est[:, j] = istft(full, n_fft, hop, t)
+    for j in range(want):  # masks_high broadcasts over the channels
+        masked_istft(spec, [(m[:, j], lo, hi) for m, lo, hi in zip(parts, cuts[:-1], cuts[1:])], n_fft, hop,
+                     out=est[:, j])
     if frontend["residual"]:
         np.subtract(mix, est[:, :want].sum(axis=1), out=est[:, want])
     return est

@@ -44,6 +44,45 @@ def test_round_trip_is_exact() -> None:
     assert np.abs(spectral.istft(spec, 64, 16, long.shape[-1]) - long).max() < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 5, 32, 500])
+@pytest.mark.parametrize("log1p", [False, True])
+def test_stft_magnitude_is_stft_then_magnitude_bit_for_bit(chunk: int | None, log1p: bool) -> None:
+    """The fused front end gives exactly the numbers of ``stft`` and then the magnitude, whatever
+    the step (1 frame, a step that does not divide the 72 frames, more frames than there are)."""
+    x = np.random.default_rng(5).standard_normal((2, 2, 9_000)).astype(np.float32)
+    spec, mag = spectral.stft_magnitude(x, 512, 128, 200, 1e-10, log1p=log1p, chunk=chunk)
+    want = spectral.stft(x, 512, 128, 200)
+    want_mag = np.sqrt(want.real**2 + want.imag**2 + np.float32(1e-10))
+    if log1p:
+        want_mag = np.log(1.0 + want_mag)
+    assert spec.shape == mag.shape == (2, 2, 72, 200) and spec.dtype == np.complex64 and mag.dtype == np.float32
+    assert mag.flags.c_contiguous
+    np.testing.assert_array_equal(spec, want)
+    np.testing.assert_array_equal(mag, want_mag)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5, 32, 500])
+def test_masked_istft_is_the_inverse_of_the_masked_spectrum(chunk: int | None) -> None:
+    """Two bands, the upper one a single mask broadcast over both channels: the same stems as
+    masking the whole spectrogram and inverting it with ``istft``, for any step."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 9_000)).astype(np.float32)
+    spec = spectral.stft(x, 512, 128, 200)  # 72 frames
+    low = rng.random((2, 2, 72, 64), dtype=np.float32)
+    high = rng.random((2, 1, 72, 136), dtype=np.float32)
+    want = spectral.istft(np.concatenate([low, np.broadcast_to(high, (2, 2, 72, 136))], -1) * spec, 512, 128, 9_000)
+    out = np.full((2, 2, 9_000), np.nan, np.float32)
+    got = spectral.masked_istft(spec, [(low, 0, 64), (high, 64, 200)], 512, 128, out=out, chunk=chunk)
+    assert got is out and not np.isnan(out).any()
+    assert np.abs(out - want).max() < 1e-6
+    ones = spectral.masked_istft(spectral.stft(x, 512, 128), [(np.ones((1, 1, 72, 257), np.float32), 0, 257)],
+                                 512, 128, out=np.empty_like(x), chunk=chunk)
+    assert np.abs(ones - x).max() < 1e-5  # every bin, no mask: the round trip
+    for bad in ([(low, 0, 64)], [(high, 64, 200), (low, 0, 64)], [(low, 0, 60), (high, 64, 200)]):
+        with pytest.raises(ValueError, match="do not cover bins 0..200"):
+            spectral.masked_istft(spec, bad, 512, 128, out=np.empty_like(x), chunk=chunk)
+
+
 def test_separate_with_masks_residual_and_band_limit() -> None:
     fe = spectral.check_frontend({"type": "stft-masks", "n_fft": 512, "hop": 256, "bins": 100, "eps": 0.0, "residual": True})
     t = np.arange(20_000) / 44_100
