@@ -37,7 +37,7 @@ Card entry::
   against 8.0 on a 15 s part).
 * Fused steps: :func:`separate_with_masks` runs the transform and the magnitudes
   (:func:`stft_magnitude`), and each source's masking and inverse (:func:`masked_istft`), 32
-  frames at a time at 4096 in stereo (:func:`frame_chunk`), so the windowed frames, the masked
+  frames at a time at 4096 for one stereo signal (:func:`frame_chunk`), so the windowed frames, the masked
   spectrum and the inverse FFT's output of a step are still in the core's cache when the next
   operation reads them.  On a 16 s stereo part, one thread, the shipped card: the whole part
   took 240 against 261 ms (interleaved, training on the other core), the same stems to 6e-8.
@@ -106,7 +106,7 @@ def hann(n_fft: int) -> np.ndarray:
 
 def analysis_frames(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """The analysis frames of :func:`stft`, unwindowed: ``wave`` zero-padded by ``n_fft / 2``
-    before and by ``n_fft / 2`` plus up to a hop after, as a strided view.
+    before and by ``n_fft / 2`` plus up to ``hop - 1`` after, as a strided view.
 
     Args:
         wave: [shape=(..., time)].
@@ -163,9 +163,22 @@ CHUNK_VALUES = 1 << 18  # samples of windowed frames per step of the fused trans
 
 def frame_chunk(lead: int, n_fft: int) -> int:
     """Frames per step of :func:`stft_magnitude` and :func:`masked_istft` for ``lead`` signals
-    (batch x channels) at ``n_fft``: 32 at 4096 in stereo, so a step's frames and spectra stay
+    (batch x channels) at ``n_fft``: 32 at 4096 for one stereo signal, so a step's frames and spectra stay
     in the core's cache between the steps that read them."""
     return max(1, CHUNK_VALUES // max(1, lead * n_fft))
+
+
+def _step(chunk: int | None, lead: list[int], n_fft: int) -> int:
+    """``chunk``, or :func:`frame_chunk` when it is ``None``.
+
+    Raises:
+        ValueError: ``chunk`` < 1.
+    """
+    if chunk is None:
+        return frame_chunk(int(np.prod(lead)), n_fft)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 frame, got {chunk}")
+    return int(chunk)
 
 
 def stft_magnitude(wave: np.ndarray, n_fft: int, hop: int, bins: int, eps: float, log1p: bool = False,
@@ -176,17 +189,22 @@ def stft_magnitude(wave: np.ndarray, n_fft: int, hop: int, bins: int, eps: float
 
     Args:
         wave: [shape=(..., time)] float32.
-        bins: lowest bins to keep.
+        bins: lowest bins to keep (<= ``n_fft / 2 + 1``).
         eps: added to the squared magnitude (as float32).
         log1p: return ``log(1 + mag)`` instead (see the module docstring for why not ``np.log1p``).
         chunk: frames per step (default :func:`frame_chunk`).
 
     Returns:
         ``(spec, mag)``: [shape=(..., frames, bins)] complex64 and float32 (C-contiguous).
+
+    Raises:
+        ValueError: ``bins`` not in ``1..n_fft / 2 + 1``, or ``chunk`` < 1.
     """
+    if not 0 < bins <= n_fft // 2 + 1:
+        raise ValueError(f"bins={bins} must be in [1, {n_fft // 2 + 1}]")
     framed = analysis_frames(wave, n_fft, hop)
     *lead, nf, _ = framed.shape
-    step = chunk or frame_chunk(int(np.prod(lead)), n_fft)
+    step = _step(chunk, lead, n_fft)
     win = hann(n_fft).astype(np.float32)
     spec = np.empty((*lead, nf, bins), np.complex64)
     mag = np.empty((*lead, nf, bins), np.float32)
@@ -218,7 +236,7 @@ def masked_istft(spec: np.ndarray, bands: list[tuple[np.ndarray, int, int]], n_f
     Args:
         spec: [shape=(..., frames, bins)] complex64.
         bands: ``(mask, lo, hi)`` covering bins ``0..bins`` in order, each ``mask``
-            [shape=(..., frames, hi - lo)] float32, broadcast against ``spec[..., lo:hi]``
+            [shape=(..., frames, hi - lo)] float32 (those two axes exactly), broadcast against ``spec[..., lo:hi]``
             (e.g. one channel's mask for every channel).  Bins above ``bins`` count as zero.
         out: [shape=(..., length)] float32, written (the ``time`` given to :func:`stft`).
         chunk: frames per step (default :func:`frame_chunk`).
@@ -227,14 +245,17 @@ def masked_istft(spec: np.ndarray, bands: list[tuple[np.ndarray, int, int]], n_f
         ``out``.
 
     Raises:
-        ValueError: the bands do not cover ``0..bins`` in order.
+        ValueError: the bands do not cover ``0..bins`` in order, a mask's last two axes are not
+            ``(frames, hi - lo)``, or ``chunk`` < 1.
     """
     half, ratio = n_fft // 2, n_fft // hop
     *lead, nf, nb = spec.shape
     edges = [0, *(hi for _, _, hi in bands)]
     if [lo for _, lo, _ in bands] != edges[:-1] or edges[-1] != nb:
         raise ValueError(f"mask bands {[(lo, hi) for _, lo, hi in bands]} do not cover bins 0..{nb} in order")
-    step = chunk or frame_chunk(int(np.prod(lead)), n_fft)
+    if any(mask.shape[-2:] != (nf, hi - lo) for mask, lo, hi in bands):
+        raise ValueError(f"mask shapes {[mask.shape for mask, _, _ in bands]} do not end in (frames {nf}, band width)")
+    step = _step(chunk, lead, n_fft)
     win = hann(n_fft).astype(np.float32).reshape(ratio, hop)
     ola = np.zeros((*lead, nf + ratio - 1, hop), np.float32)
     full = np.empty((*lead, min(step, nf), n_fft // 2 + 1), np.complex64)

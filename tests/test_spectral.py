@@ -46,19 +46,26 @@ def test_round_trip_is_exact() -> None:
 
 @pytest.mark.parametrize("chunk", [None, 1, 5, 32, 500])
 @pytest.mark.parametrize("log1p", [False, True])
-def test_stft_magnitude_is_stft_then_magnitude_bit_for_bit(chunk: int | None, log1p: bool) -> None:
+@pytest.mark.parametrize("shape,n_fft,hop", [((2, 2, 9_000), 512, 128), ((3_001,), 256, 128), ((1, 50), 512, 64)])
+def test_stft_magnitude_is_stft_then_magnitude_bit_for_bit(chunk: int | None, log1p: bool, shape: tuple,
+                                                           n_fft: int, hop: int) -> None:
     """The fused front end gives exactly the numbers of ``stft`` and then the magnitude, whatever
-    the step (1 frame, a step that does not divide the 72 frames, more frames than there are)."""
-    x = np.random.default_rng(5).standard_normal((2, 2, 9_000)).astype(np.float32)
-    spec, mag = spectral.stft_magnitude(x, 512, 128, 200, 1e-10, log1p=log1p, chunk=chunk)
-    want = spectral.stft(x, 512, 128, 200)
+    the step (1 frame, a step that does not divide the 72 frames, more frames than there are),
+    the hop (n_fft / 4, / 2, / 8) and the leading axes (batch and channels, a mono 1-D signal,
+    one shorter than a hop)."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    spec, mag = spectral.stft_magnitude(x, n_fft, hop, 100, 1e-10, log1p=log1p, chunk=chunk)
+    want = spectral.stft(x, n_fft, hop, 100)
     want_mag = np.sqrt(want.real**2 + want.imag**2 + np.float32(1e-10))
     if log1p:
         want_mag = np.log(1.0 + want_mag)
-    assert spec.shape == mag.shape == (2, 2, 72, 200) and spec.dtype == np.complex64 and mag.dtype == np.float32
-    assert mag.flags.c_contiguous
+    assert spec.shape == mag.shape == (*shape[:-1], -(-shape[-1] // hop) + 1, 100)
+    assert spec.dtype == np.complex64 and mag.dtype == np.float32 and mag.flags.c_contiguous
     np.testing.assert_array_equal(spec, want)
     np.testing.assert_array_equal(mag, want_mag)
+    for bad, match in (({"chunk": 0}, "chunk must be >= 1"), ({"bins": n_fft // 2 + 2}, "bins=")):
+        with pytest.raises(ValueError, match=match):
+            spectral.stft_magnitude(x, n_fft, hop, **{"bins": 100, "eps": 0.0, **bad})
 
 
 @pytest.mark.parametrize("chunk", [None, 1, 5, 32, 500])
@@ -81,6 +88,24 @@ def test_masked_istft_is_the_inverse_of_the_masked_spectrum(chunk: int | None) -
     for bad in ([(low, 0, 64)], [(high, 64, 200), (low, 0, 64)], [(low, 0, 60), (high, 64, 200)]):
         with pytest.raises(ValueError, match="do not cover bins 0..200"):
             spectral.masked_istft(spec, bad, 512, 128, out=np.empty_like(x), chunk=chunk)
+    for bad in ([(low[..., :71, :], 0, 64), (high, 64, 200)], [(low, 0, 64), (high[..., :1, :], 64, 200)]):
+        with pytest.raises(ValueError, match=r"do not end in \(frames 72, band width\)"):
+            spectral.masked_istft(spec, bad, 512, 128, out=np.empty_like(x), chunk=chunk)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+@pytest.mark.parametrize("length,n_fft,hop", [(3_001, 256, 128), (50, 256, 128), (2_000, 512, 64), (40_000, 64, 16)])
+def test_masked_istft_other_hops_and_lengths(chunk: int | None, length: int, n_fft: int, hop: int) -> None:
+    """Mono 1-D signals: hop n_fft / 2 and / 8, a signal shorter than a hop, and more frames than
+    the envelope cache keeps: the inverse of the masked spectrum, as ``istft`` gives it."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(length).astype(np.float32)
+    spec = spectral.stft(x, n_fft, hop)
+    mask = rng.random(spec.shape, dtype=np.float32)
+    want = spectral.istft(mask * spec, n_fft, hop, length)
+    got = spectral.masked_istft(spec, [(mask, 0, spec.shape[-1])], n_fft, hop, out=np.empty(length, np.float32),
+                                chunk=chunk)
+    assert np.abs(got - want).max() < 1e-6
 
 
 def test_separate_with_masks_residual_and_band_limit() -> None:
