@@ -491,7 +491,8 @@ def export_run(
         The card (also written to ``out_onnx.with_suffix(".json")``).
 
     Raises:
-        ValueError: not a run folder or card, unreadable check audio.
+        ValueError: not a run folder or card, unreadable check audio, ``segment`` <= 0 or
+            ``context`` < 0 (or not finite).
         ExportError: export failed, onnxruntime disagrees with torch beyond ``tolerance``, or
             (re-export) the new graph's stems differ from the source card's graph's beyond it.
     """
@@ -523,6 +524,10 @@ def export_run(
         segment = float(source_card.get("segment", 30.0)) if source_card else 30.0
     if context is None:
         context = float(source_card.get("context", 1.0)) if source_card else 1.0
+    if not (np.isfinite(segment) and segment > 0):
+        raise ValueError(f"segment must be > 0 seconds, got {segment}")
+    if not (np.isfinite(context) and context >= 0):
+        raise ValueError(f"context must be >= 0 seconds, got {context}")
     mcfg = run_cfg["model"]
     channels = int(mcfg["channels"])
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from stemcli.export import ExportError, export_run, update_metrics
+from stemcli.export import main as export_main
 from stemcli.modelcard import ModelFileError, load_card, model_file, sha256_file
 from stemcli.runtime import OnnxSeparator
 from stemcli_mmdense.model import DEFAULT_CONFIG, MMDenseNet
@@ -337,6 +338,15 @@ def test_reexport_from_a_card_keeps_weights_and_training_record(run_dir: Path, r
         res = CliRunner().invoke(cli, ["export", str(models / "m.json"), "-o", str(tmp_path / "x.onnx"), *bad])
         assert res.exit_code == 2 and "Invalid value for '" + bad[0] + "'" in res.output
         assert not (tmp_path / "x.onnx").exists()
+    # the same refusals from the library and its module entry point (no Click in front of them)
+    for kwargs, match in (({"context": -1.0}, "context must be >= 0"), ({"segment": 0.0}, "segment must be > 0"),
+                          ({"context": float("nan")}, "context must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            export_run(models / "m.json", tmp_path / "x.onnx", **kwargs)
+        assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(SystemExit, match="error: context must be >= 0 seconds, got -0.5"):
+        export_main([str(models / "m.json"), "-o", str(tmp_path / "x.onnx"), "--context", "-0.5"])
+    assert not (tmp_path / "x.onnx").exists()
     # a second re-export chains the record, and keeps the card's float16 storage by default
     again = export_run(models / "m.json", tmp_path / "b" / "m.onnx", check_audio=real_audio)
     assert again["training"]["reexport"]["previous"]["onnx_sha256"] == first["sha256"]
