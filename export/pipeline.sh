@@ -15,14 +15,14 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-/work/data/pop_v2}       # rendered pop songs with espeak-ng vocals sung to the melody
 RUNS=${RUNS:-/work/runs}
-MM_RUN=${MM_RUN:-$RUNS/mmdense41}
+MM_RUN=${MM_RUN:-$RUNS/mmdense44}
 UMX_RUN=${UMX_RUN:-$RUNS/umx15}
-MM_CONFIG=${MM_CONFIG:-export/configs/mmdense37.json}  # the shipped architecture (mmdense27.json + the wave branch, 32 wide)
+MM_CONFIG=${MM_CONFIG:-export/configs/mmdense44.json}  # the shipped architecture (mmdense37.json: convolutions up to bin 384, no bass branch)
 MINUTES=${MINUTES:-90}                # Open-Unmix's training-step wall clock
-# MMDenseNet's budget in steps: the 14397 steps mmdense27.json made in those 90 minutes beside Open-Unmix,
-# divided by the measured step-time ratio of the wave branch (1.116; export/README.md "Session 25"): 12900,
-# divided again by the 32-wide branch's step-time ratio to that (1.0660; export/README.md "Session 30")
-MM_BUDGET=${MM_BUDGET:---steps 12101}  # e.g. "--minutes 90" for a wall-clock budget instead
+# MMDenseNet's budget in steps: the 16021 steps mmdense44 made in 89 minutes on one thread, with the
+# machine's other core lightly used (export/README.md "Session 35"); beside Open-Unmix, as here, they take
+# longer than its 90 minutes
+MM_BUDGET=${MM_BUDGET:---steps 16021}  # e.g. "--minutes 90" for a wall-clock budget instead
 # Half the training examples keep a song's own alignment (every stem from one start), for both systems
 # (export/README.md "Session 33": mmdense41 and umx15).
 COHERENT=${COHERENT:-0.5}
@@ -59,7 +59,7 @@ wait $UMX
 #    computation stays float32): half the size, the same SDR to 0.01 dB.
 #    The baseline (~140 MB) stays next to its run.
 CHECK=$(ls "$DATA"/test/*/mixture.wav | head -n 1)
-$PY -m stemcli export "$MM_RUN" -o models/mmdense.onnx --check-audio "$CHECK" --weights float16 --force
+$PY -m stemcli export "$MM_RUN" -o models/mmdense.onnx --check-audio "$CHECK" --weights float16 --context 0.37 --force
 $PY -m stemcli export "$UMX_RUN" -o "$UMX_RUN/umx.onnx" --check-audio "$CHECK" --force
 
 # 4. Measure and record in the card: speed (30 s stereo, 2 threads) and quality on the test split.
