@@ -267,7 +267,7 @@ def masked_istft(spec: np.ndarray, bands: list[tuple[np.ndarray, int, int]], n_f
             np.multiply(mask[..., a:b, :], spec[..., a:b, lo:hi], out=f[..., lo:hi])
         frames = np.asarray(_fft.irfft(f, n=n_fft, axis=-1), np.float32).reshape(*lead, b - a, ratio, hop)
         frames *= win
-        for j in range(ratio):  # overlap-add: quarter j of frame i lands in block i + j
+        for j in range(ratio):  # overlap-add: hop block j of frame i lands in output block i + j
             ola[..., a + j : b + j, :] += frames[..., j, :]
     env = _cached_envelope(n_fft, hop, nf) if nf <= CACHED_FRAMES else _envelope(n_fft, hop, nf)
     length = out.shape[-1]
