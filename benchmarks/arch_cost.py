@@ -152,7 +152,7 @@ class Candidate:
                 sep.post, lambda b: post_session.run(None, {post_in: b})[0], mix, stems, sources)
         self.timed["part"] = lambda: sep.separate(mix)
         if train_step:
-            from stemcli.train.loop import training_loss
+            from stemcli.train.loop import GRAD_CLIP, training_loss
 
             net = model.train()  # the exported copy was rebuilt from best.pt: this one is free to train
             opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -164,7 +164,7 @@ class Candidate:
                 loss = training_loss(net, x, ref, None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
                 opt.step()
 
             self.timed["step"] = step

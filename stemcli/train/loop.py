@@ -71,6 +71,7 @@ from stemcli.modelcard import command_line
 from stemcli.train import PRECISIONS, RESUMABLE, archs
 
 SILENT = 1e-6  # mean-square below which a validation stem counts as silent
+GRAD_CLIP = 5.0  # largest gradient norm of a training step (clip_grad_norm_)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -586,7 +587,7 @@ def train(
             loss = training_loss(model, mix, ref, weights, precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             opt.step()
             if average is not None:
                 average.update(model)
